@@ -1,0 +1,95 @@
+"""Shared fixtures: a tiny random BERT built from a config (no downloads) and small synthetic data sets
+that such a model can learn in seconds."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+POSITIVE = ["good", "great", "lovely", "superb", "fine", "happy", "brilliant", "nice"]
+NEGATIVE = ["bad", "awful", "poor", "dreadful", "sad", "boring", "terrible", "ugly"]
+FILLER = ["the", "film", "was", "really", "quite", "a", "plot", "actor", "story", "and", "it", "very", "show"]
+
+
+def make_tiny_bert(folder: Path, layers: int = 3, hidden: int = 32) -> Path:
+    """Save a randomly initialised BERT (and a word-level vocab covering the synthetic data) to ``folder``."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER, "?", ".", "card", "lost"]
+    tokenizer = BertTokenizer(vocab={word: index for index, word in enumerate(vocab)})
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=64)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def synthetic_rows(count: int, seed: int, labels: tuple[str, str] = ("negative", "positive")) -> list[dict]:
+    """Sentences whose label is given by one sentiment word among fillers: learnable, not trivial to memorise."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        positive = rng.random() < 0.5
+        words = rng.sample(FILLER, rng.randint(2, 8))
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if positive else NEGATIVE))
+        rows.append({"text": " ".join(words), "label": labels[int(positive)]})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture()
+def tiny_job(tmp_path, tiny_model):
+    """A recipe file on the tiny model with synthetic train/test files; returns the recipe path."""
+    write_jsonl(tmp_path / "train.jsonl", synthetic_rows(240, seed=1))
+    write_jsonl(tmp_path / "test.jsonl", synthetic_rows(80, seed=2))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"""name: tiny
+model: {tiny_model}
+data:
+  train: train.jsonl
+  test: test.jsonl
+  max_length: 32
+method:
+  name: full
+train:
+  epochs: 6
+  batch_size: 16
+  learning_rate: 3.0e-3
+  warmup_ratio: 0.0
+  early_stopping: null
+""",
+        encoding="utf-8",
+    )
+    return recipe
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from tuneforge.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()

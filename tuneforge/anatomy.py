@@ -1,0 +1,57 @@
+"""Where things are inside a transformers model: embeddings, the stack of blocks, the head.
+
+Methods (freeze, gradual unfreezing) and the optimizer (layer-wise learning rates) need to know
+which parameters belong to which depth, for any model family. Rather than a table per
+architecture, the block stack is found as the largest ``nn.ModuleList`` of the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """Parameter names grouped by depth, bottom to top."""
+
+    embeddings: list[str]
+    layers: list[list[str]]
+    head: list[str]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+
+def describe(model: nn.Module) -> Anatomy:
+    """Group ``model``'s parameter names into embeddings, blocks (bottom -> top) and head.
+
+    The head is everything that is neither an embedding nor inside a block: the classifier and
+    what sits between the last block and it (pooler, final norm).
+    """
+    stacks = [(name, module) for name, module in model.named_modules()
+              if isinstance(module, nn.ModuleList) and len(module) > 0]
+    if not stacks:
+        raise ValueError(f"{type(model).__name__}: found no stack of layers (nn.ModuleList)")
+    stack_name, stack = max(stacks, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+    prefix = f"{stack_name}." if stack_name else ""
+    layers: list[list[str]] = [[] for _ in range(len(stack))]
+    embeddings: list[str] = []
+    head: list[str] = []
+    for name, _ in model.named_parameters():
+        if name.startswith(prefix):
+            index = int(name[len(prefix):].split(".", 1)[0])
+            layers[index].append(name)
+        elif "embed" in name:
+            embeddings.append(name)
+        else:
+            head.append(name)
+    return Anatomy(embeddings=embeddings, layers=layers, head=head)
+
+
+def set_trainable(model: nn.Module, names: set[str]) -> None:
+    """Make exactly the parameters in ``names`` trainable."""
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in names)

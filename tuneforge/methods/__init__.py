@@ -1,0 +1,10 @@
+"""Fine-tuning methods behind a registry; importing this package registers them all."""
+
+# Import order is the order `tuneforge models`/errors list the methods in.
+from tuneforge.methods import full  # noqa: F401  (registration)
+from tuneforge.methods import freeze  # noqa: F401
+from tuneforge.methods import gradual  # noqa: F401
+from tuneforge.methods import lora  # noqa: F401
+from tuneforge.methods.registry import Method, MethodConfig, build_method, method_names, method_spec, register
+
+__all__ = ["Method", "MethodConfig", "build_method", "method_names", "method_spec", "register"]

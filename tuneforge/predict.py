@@ -1,0 +1,58 @@
+"""Inference from a finished run folder: the Predictor behind ``tuneforge predict`` and ``tuneforge eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from tuneforge.config import Recipe, validate_recipe
+from tuneforge.data.batching import EncodedSplit
+from tuneforge.errors import UserError
+from tuneforge.inference import predict_probabilities
+
+
+def load_run_recipe(run_dir: Path) -> Recipe:
+    """The resolved recipe a run was trained with."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a tuneforge run folder (no config.yaml); pass the folder `tuneforge train` wrote")
+    return validate_recipe(yaml.safe_load(path.read_text(encoding="utf-8")), source=path)
+
+
+class Predictor:
+    """Loads ``run_dir/model`` (a plain transformers model) and predicts label probabilities."""
+
+    def __init__(self, run_dir: str | Path, batch_size: int = 64) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.run_dir = Path(run_dir)
+        if not self.run_dir.is_dir():
+            raise UserError(f"{self.run_dir}: run folder not found")
+        self.recipe = load_run_recipe(self.run_dir)
+        model_dir = self.run_dir / "model"
+        if not (model_dir / "config.json").is_file():
+            raise UserError(f"{self.run_dir}: has no trained model (model/ is missing; did the run finish? "
+                            "see run.json)")
+        self.label_names: list[str] = json.loads((self.run_dir / "labels.json").read_text(encoding="utf-8"))
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        self.device = torch.device("cpu")
+        self.batch_size = batch_size
+
+    @property
+    def is_pair_task(self) -> bool:
+        return self.recipe.data.text_pair_column is not None
+
+    def probabilities(self, texts: list[str], text_pairs: list[str] | None = None) -> np.ndarray:
+        """Softmax probabilities, one row per text, columns in ``label_names`` order."""
+        encoded = self.tokenizer(texts, text_pairs, truncation=True, max_length=self.recipe.data.max_length,
+                                 padding=False, return_attention_mask=False)
+        split = EncodedSplit(input_ids=encoded["input_ids"], token_type_ids=encoded.get("token_type_ids"),
+                             labels=[0] * len(texts))
+        probabilities, _ = predict_probabilities(self.model, split, self.batch_size, self.tokenizer.pad_token_id,
+                                                 self.device)
+        return probabilities

@@ -1,0 +1,47 @@
+"""Optimizer parameter groups (discriminative and layer-wise learning rates, weight decay) and schedules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from tuneforge.anatomy import describe
+from tuneforge.config import TrainConfig
+
+
+def learning_rate_for(name: str, depth_of: dict[str, int], num_layers: int, config: TrainConfig) -> float:
+    """LR of one parameter: the head at ``head_learning_rate`` (default: ``learning_rate``); the top block at
+    ``learning_rate``, each block below multiplied by ``layer_lr_decay``, the embeddings one step below the
+    bottom block."""
+    depth = depth_of.get(name)
+    if depth is None:  # head
+        return config.head_learning_rate or config.learning_rate
+    return config.learning_rate * config.layer_lr_decay ** (num_layers - 1 - depth)
+
+
+def build_optimizer(model: nn.Module, parameters: Iterable[tuple[str, nn.Parameter]],
+                    config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over ``parameters``, grouped by learning rate; biases and norm weights get no weight decay."""
+    anatomy = describe(model)
+    depth_of = {name: -1 for name in anatomy.embeddings}
+    for depth, names in enumerate(anatomy.layers):
+        depth_of.update({name: depth for name in names})
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, parameter in parameters:
+        lr = learning_rate_for(name, depth_of, anatomy.num_layers, config)
+        decay = config.weight_decay if parameter.ndim >= 2 else 0.0
+        groups.setdefault((lr, decay), []).append(parameter)
+    param_groups = [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
+    # foreach kernels are the fast path on CPU and GPU alike.
+    return torch.optim.AdamW(param_groups, lr=config.learning_rate, foreach=True)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+    """Warmup over ``warmup_ratio`` of the optimizer steps, then linear/cosine decay or constant."""
+    from transformers import get_scheduler
+
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[config.scheduler]
+    warmup = int(round(config.warmup_ratio * total_steps))
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=max(total_steps, 1))
