@@ -50,6 +50,20 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Keep the tokenization cache of test runs out of the user's ~/.cache."""
+    import os
+
+    previous = os.environ.get("TUNEFORGE_CACHE_DIR")
+    os.environ["TUNEFORGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("tuneforge-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("TUNEFORGE_CACHE_DIR", None)
+    else:
+        os.environ["TUNEFORGE_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

@@ -44,9 +44,14 @@ def test_overrides_are_yaml_typed_and_paths_relative_to_cwd(tmp_path, monkeypatc
     assert recipe.train.class_weights == {"spam": 3.0}
 
 
-def test_switching_method_by_override_validates_the_new_methods_keys(tmp_path):
-    with pytest.raises(UserError, match=r"method.r: unknown key 'r'"):
-        load_recipe(write(tmp_path, MINIMAL.replace("name: lora", "name: lora\n  r: 8")), ["method.name=freeze"])
+def test_switching_method_by_override_drops_the_old_methods_keys_only(tmp_path):
+    path = write(tmp_path, MINIMAL.replace("name: lora", "name: lora\n  r: 8\n  alpha: 16"))
+    recipe = load_recipe(path, ["method.name=freeze"])
+    assert recipe.method.name == "freeze" and recipe.method.unfreeze_top_layers == 0
+    with pytest.raises(UserError, match=r"--set method.r: unknown key 'r'"):
+        load_recipe(path, ["method.name=freeze", "method.r=4"])
+    with pytest.raises(UserError, match=r"method.rr: unknown key 'rr'"):
+        load_recipe(write(tmp_path, MINIMAL.replace("name: lora", "name: lora\n  rr: 8")), ["method.name=freeze"])
 
 
 @pytest.mark.parametrize(

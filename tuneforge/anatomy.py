@@ -19,6 +19,8 @@ class Anatomy:
     embeddings: list[str]
     layers: list[list[str]]
     head: list[str]
+    embedding_module: str = ""
+    layer_modules: tuple[str, ...] = ()
 
     @property
     def num_layers(self) -> int:
@@ -48,7 +50,36 @@ def describe(model: nn.Module) -> Anatomy:
             embeddings.append(name)
         else:
             head.append(name)
-    return Anatomy(embeddings=embeddings, layers=layers, head=head)
+    embedding_module = _common_module_path(embeddings)
+    return Anatomy(embeddings=embeddings, layers=layers, head=head, embedding_module=embedding_module,
+                   layer_modules=tuple(f"{prefix}{i}" for i in range(len(stack))))
+
+
+def _common_module_path(parameter_names: list[str]) -> str:
+    """The deepest module holding every given parameter (``bert.embeddings``, ``model.embed_tokens``)."""
+    if not parameter_names:
+        return ""
+    paths = [name.split(".")[:-1] for name in parameter_names]
+    common: list[str] = []
+    for parts in zip(*paths):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return ".".join(common)
+
+
+def frozen_blocks_to_eval(model: nn.Module) -> None:
+    """Put the embeddings and every block whose parameters are all frozen in eval mode (no dropout).
+
+    A frozen feature extractor should compute the same features every time; it is also what makes
+    the activation cache (:mod:`tuneforge.train.activation_cache`) exact.
+    """
+    anatomy = describe(model)
+    parameters = dict(model.named_parameters())
+    for path, names in [(anatomy.embedding_module, anatomy.embeddings),
+                        *zip(anatomy.layer_modules, anatomy.layers)]:
+        if path and names and not any(parameters[n].requires_grad for n in names):
+            model.get_submodule(path).eval()
 
 
 def set_trainable(model: nn.Module, names: set[str]) -> None:

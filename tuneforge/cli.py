@@ -41,6 +41,83 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top", type=int, default=5, help="with --text: how many label probabilities to print")
 
     commands.add_parser("models", help="list model aliases and methods")
+
+    report = commands.add_parser("report", help="(re)write RUN_DIR/report.html, one self-contained HTML file")
+    report.add_argument("run_dir")
+
+    data = commands.add_parser("data", help="inspect, clean and find label noise in data files (docs/data.md)")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    inspect = data_commands.add_parser("inspect", help="labels, lengths, empty rows, duplicates, conflicts, leakage")
+    inspect.add_argument("file", help="labelled CSV/TSV/JSON/JSONL/Parquet file")
+    inspect.add_argument("--text-column", help="default: text (or the recipe's)")
+    inspect.add_argument("--text-pair-column", help="second text of sentence-pair data")
+    inspect.add_argument("--label-column", help="default: label (or the recipe's)")
+    inspect.add_argument("--against", metavar="OTHER_FILE", help="a test file: count its rows that also appear in FILE")
+    inspect.add_argument("--recipe", help="take columns, model and max_length from this recipe")
+    inspect.add_argument("--model", help="tokenizer for lengths: alias, folder or hub id (default minilm; 'none': skip)")
+    inspect.add_argument("--max-length", type=int, help="count rows longer than this many tokens (default 128)")
+    inspect.add_argument("--output", metavar="DIR", help="also write DIR/data_report.json and DIR/data_report.html")
+
+    clean = data_commands.add_parser("clean", help="write a cleaned copy and a log of every change")
+    clean.add_argument("file")
+    clean.add_argument("--output", required=True, help="the cleaned file (never the input; format from extension)")
+    clean.add_argument("--text-column", default="text")
+    clean.add_argument("--text-pair-column")
+    clean.add_argument("--label-column", default="label")
+    clean.add_argument("--dedupe", nargs="?", const="exact", choices=["exact", "near"],
+                       help="remove later copies of a text with the same label (exact, the default, or near)")
+    clean.add_argument("--resolve-conflicts", choices=["majority", "drop"],
+                       help="same text, different labels: relabel to the majority or drop the rows")
+    clean.add_argument("--drop-empty", action="store_true", help="remove empty or whitespace-only texts")
+    clean.add_argument("--log", dest="log_file", help="change log CSV (default OUTPUT_STEM.clean_log.csv)")
+
+    noise = data_commands.add_parser("noise", help="rank rows whose label looks wrong (out-of-fold, confident learning)")
+    with_overrides(noise)
+    noise.add_argument("--folds", type=int, default=5, help="k of the k-fold (default 5)")
+    noise.add_argument("--output", help="CSV of the flagged rows (default <recipe name>.label_issues.csv)")
+    noise.add_argument("--top", type=int, default=10, help="how many flagged rows to print")
+
+    export = commands.add_parser("export", help="export a run to ONNX/TorchScript/safetensors, check parity, "
+                                                "measure (docs/export.md)")
+    export.add_argument("run_dir")
+    export.add_argument("--format", dest="export_format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    export.add_argument("--quantize", choices=["int8"], help="dynamic INT8 (onnx, torchscript)")
+    export.add_argument("--output", metavar="DIR", help="export folder (must not exist or be empty); "
+                                                        "default RUN_DIR/export/<format>[-int8]/")
+    export.add_argument("--data", help="rows for the parity check (default: the run's validation split)")
+    export.add_argument("--min-agreement", type=float, default=0.99,
+                        help="fail when predictions agree with the run's model on fewer rows (default 0.99)")
+    export.add_argument("--no-benchmark", action="store_true", help="skip size/latency/accuracy measurements")
+
+    serve = commands.add_parser("serve", help="HTTP server: POST /predict, GET /health (docs/export.md)")
+    serve.add_argument("path", metavar="RUN_DIR|EXPORT_DIR")
+    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-texts", type=int, default=64, help="texts per request (default 64)")
+    serve.add_argument("--max-text-chars", type=int, default=5000, help="characters per text (default 5000)")
+    serve.add_argument("--max-batch", type=int, default=64, help="texts per forward pass across requests (default 64)")
+    serve.add_argument("--threads", type=int, help="CPU threads for the model (default: PyTorch's, the physical cores)")
+
+    compare = commands.add_parser("compare", help="train several methods under one budget; write a comparison "
+                                                  "table and plot (docs/compare-and-plan.md)")
+    with_overrides(compare)
+    compare.add_argument("--methods", default="full,freeze,adapter,lora,prefix,prompt",
+                         help="comma-separated methods (default full,freeze,adapter,lora,prefix,prompt)")
+    compare.add_argument("--budget-minutes", type=float, help="wall-clock training budget per method")
+    compare.add_argument("--learning-rate", dest="learning_rates", choices=["auto", "recipe"], default="auto",
+                         help="auto: each method's default LR except the recipe's own method; recipe: the recipe's LR "
+                              "for all")
+    compare.add_argument("--output", help="compare folder (must not exist or be empty); "
+                                          "default runs/<name>-compare-<timestamp>/")
+
+    plan = commands.add_parser("plan", help="estimate memory and time of every method without training; "
+                                            "recommend one (docs/compare-and-plan.md)")
+    with_overrides(plan)
+    plan.add_argument("--memory-gb", type=float, help="memory available (RAM on CPU, GPU memory with --gpu)")
+    plan.add_argument("--minutes", type=float, help="time available for training")
+    plan.add_argument("--gpu", help="plan for this GPU (t4, l4, a10g, a100, h100, ...): its memory, FLOP-based times")
+    plan.add_argument("--methods", help="comma-separated methods to estimate (default: all)")
+    plan.add_argument("--json", dest="json_output", metavar="FILE", help="also write the plan as JSON")
     return parser
 
 
@@ -74,6 +151,29 @@ def main(argv: list[str] | None = None) -> int:
             return commands.predict_command(args.run_dir, args.text, args.text_pair, args.input, args.output, args.top)
         if args.command == "models":
             return commands.models_command()
+        if args.command == "report":
+            return commands.report_command(args.run_dir)
+        if args.command == "data" and args.data_command == "inspect":
+            return commands.data_inspect_command(args.file, args.text_column, args.text_pair_column, args.label_column,
+                                                 args.against, args.recipe, args.model, args.max_length, args.output)
+        if args.command == "data" and args.data_command == "clean":
+            return commands.data_clean_command(args.file, args.output, args.text_column, args.text_pair_column,
+                                               args.label_column, args.dedupe, args.resolve_conflicts,
+                                               args.drop_empty, args.log_file)
+        if args.command == "data" and args.data_command == "noise":
+            return commands.data_noise_command(args.recipe, args.overrides, args.folds, args.output, args.top)
+        if args.command == "export":
+            return commands.export_command(args.run_dir, args.export_format, args.quantize, args.output, args.data,
+                                           args.min_agreement, not args.no_benchmark)
+        if args.command == "serve":
+            return commands.serve_command(args.path, args.host, args.port, args.max_texts, args.max_text_chars,
+                                          args.max_batch, args.threads)
+        if args.command == "compare":
+            return commands.compare_command(args.recipe, args.methods, args.overrides, args.output,
+                                            args.budget_minutes, args.learning_rates)
+        if args.command == "plan":
+            return commands.plan_command(args.recipe, args.overrides, args.memory_gb, args.minutes, args.gpu,
+                                         args.methods, args.json_output)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -49,6 +49,7 @@ def train_command(recipe_path: str, overrides: list[str], output: str | None) ->
     status = RunStatus(run_dir, name=recipe.name, task=recipe.task, model=recipe.model, method=recipe.method.name,
                        tuneforge_version=__version__, rows={"train": len(data.train), "validation": len(data.validation),
                                                             "test": len(data.test) if data.test else 0})
+    status.update(data=data_summary(data))
     try:
         result = train(recipe, data, run_dir, log=log)
         status.update(trainable_params=result.trainable_params, total_params=result.total_params,
@@ -73,10 +74,33 @@ def train_command(recipe_path: str, overrides: list[str], output: str | None) ->
         raise
     except BaseException as exc:
         status.finish("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        write_report_quietly(run_dir)
         raise
     status.finish("completed")
+    write_report_quietly(run_dir)
     print_summary(run_dir, summary, status.data["minutes"])
     return 0
+
+
+def data_summary(data) -> dict:
+    """What run.json keeps about the data: label counts per split and the notes (splits, balance, augment)."""
+    splits = {"train": data.train, "validation": data.validation, "test": data.test}
+    counts = {name: {label: int(n) for label, n in zip(data.label_names,
+                                                       np.bincount(split.labels, minlength=len(data.label_names)))}
+              for name, split in splits.items() if split is not None}
+    return {"label_counts": counts, "notes": list(data.notes)}
+
+
+def write_report_quietly(run_dir: Path) -> None:
+    """Write report.html; a failure here is logged, never turns a finished run into a failed one."""
+    from tuneforge.evaluate.report import write_run_report
+
+    try:
+        path = write_run_report(run_dir)
+        log(f"report: {path}")
+    except Exception as exc:  # noqa: BLE001 - the run itself is complete and saved
+        log(f"warning: could not write {run_dir / 'report.html'} ({type(exc).__name__}: {exc}); "
+            f"run `tuneforge report {run_dir}` to retry")
 
 
 def print_summary(run_dir: Path, summary: dict, minutes: float) -> None:
@@ -168,4 +192,126 @@ def models_command() -> int:
     print("\nMethods (`method.name`):")
     for name in method_names():
         print(f"  {name:<14} {method_spec(name).summary}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- data and report commands
+
+
+def data_inspect_command(file: str, text_column: str | None, text_pair_column: str | None, label_column: str | None,
+                         against: str | None, recipe_path: str | None, model: str | None, max_length: int | None,
+                         output: str | None) -> int:
+    from tuneforge.data.inspect import inspect_file, summary_lines, write_report
+
+    defaults = {"text_column": "text", "text_pair_column": None, "label_column": "label", "model": "minilm",
+                "max_length": 128}
+    if recipe_path is not None:
+        from tuneforge.config import load_recipe
+
+        recipe = load_recipe(recipe_path)
+        defaults = {"text_column": recipe.data.text_column, "text_pair_column": recipe.data.text_pair_column,
+                    "label_column": recipe.data.label_column, "model": recipe.model,
+                    "max_length": recipe.data.max_length}
+    model = model if model is not None else defaults["model"]
+    report = inspect_file(file, text_column or defaults["text_column"], label_column or defaults["label_column"],
+                          text_pair_column or defaults["text_pair_column"], against,
+                          None if model == "none" else model, max_length or defaults["max_length"])
+    print("\n".join(summary_lines(report)))
+    if output is not None:
+        json_path, html_path = write_report(report, output)
+        print(f"wrote {json_path} and {html_path}")
+    return 0
+
+
+def data_clean_command(file: str, output: str, text_column: str, text_pair_column: str | None, label_column: str,
+                       dedupe: str | None, resolve_conflicts: str | None, drop_empty: bool, log_file: str | None) -> int:
+    from tuneforge.data.clean import clean_file
+
+    result = clean_file(file, output, text_column, label_column, text_pair_column, dedupe, resolve_conflicts,
+                        drop_empty, log_file)
+    counts = result.counts
+    print(f"{file}: {result.rows_in:,} rows -> {result.output}: {result.rows_out:,} rows "
+          f"({result.removed} removed, {result.relabelled} relabelled)")
+    print(f"  empty {counts['empty']}, conflicts relabelled {counts['conflict_relabelled']}, conflicts dropped "
+          f"{counts['conflict_dropped']}, duplicates {counts['duplicate']}")
+    if counts["duplicate_kept_other_label"]:
+        print(f"  note: {counts['duplicate_kept_other_label']} copies were kept because their label differs from an "
+              "earlier copy's; add --resolve-conflicts majority|drop to settle them")
+    print(f"  log of every change: {result.log}")
+    return 0
+
+
+def data_noise_command(recipe_path: str, overrides: list[str], folds: int, output: str | None, top: int) -> int:
+    from tuneforge.config import load_recipe
+    from tuneforge.data.io import write_table
+    from tuneforge.data.noise import find_noise
+
+    recipe = load_recipe(recipe_path, overrides)
+    target = Path(output) if output else Path(f"{recipe.name}.label_issues.csv")
+    if target.exists():
+        raise UserError(f"{target}: already exists; the noise finder never overwrites a file, choose another --output")
+    result = find_noise(recipe, folds, log=log)
+    write_table(result.issues, target)
+    share = len(result.issues) / max(result.rows, 1)
+    print(f"{recipe.data.train}: {len(result.issues)} of {result.rows:,} rows ({share:.1%}) look mislabelled "
+          f"(out-of-fold accuracy of the frozen-body head {result.out_of_fold_accuracy:.4f}, {result.folds} folds; "
+          f"features {result.seconds_features:.0f}s, folds {result.seconds_folds:.1f}s)")
+    for record in result.issues.head(top).itertuples(index=False):
+        text = " ".join(str(record.text).split())
+        print(f"  row {record.row}: {record.label} -> {record.suggested_label} "
+              f"(p {record.label_probability:.3f} vs {record.suggested_probability:.3f}): "
+              f"{text[:70] + ('…' if len(text) > 70 else '')}")
+    print(f"wrote {target} (ranked, most likely errors first)")
+    return 0
+
+
+def report_command(run_dir: str) -> int:
+    from tuneforge.evaluate.report import write_run_report
+
+    path = write_run_report(run_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+def export_command(run_dir: str, fmt: str, quantize: str | None, output: str | None, data_file: str | None,
+                   min_agreement: float, measure: bool) -> int:
+    from tuneforge.export.pipeline import export_run, summary_lines
+
+    out, report = export_run(run_dir, fmt, quantize, output, data_file=data_file, min_agreement=min_agreement,
+                             measure=measure, log=log)
+    print("\n".join(summary_lines(out, report)))
+    return 0
+
+
+def serve_command(path: str, host: str, port: int, max_texts: int, max_text_chars: int, max_batch: int,
+                  threads: int | None = None) -> int:
+    from tuneforge.serve import Limits, serve
+
+    serve(path, host, port, Limits(max_texts=max_texts, max_text_chars=max_text_chars, max_batch=max_batch),
+          threads=threads, log=log)
+    return 0
+
+
+def compare_command(recipe_path: str, methods: str, overrides: list[str], output: str | None,
+                    budget_minutes: float | None, learning_rates: str) -> int:
+    from tuneforge.compare import compare, parse_methods, table_markdown
+
+    folder, results = compare(recipe_path, parse_methods(methods), overrides, output, budget_minutes,
+                              learning_rates, log=log)
+    print(table_markdown(results))
+    print(f"\nwrote {folder / 'compare.md'}, compare.json, compare.png")
+    return 0 if all(r.status == "completed" for r in results) else 1
+
+
+def plan_command(recipe_path: str, overrides: list[str], memory_gb: float | None, minutes: float | None,
+                 gpu: str | None, methods: str | None, json_output: str | None) -> int:
+    from tuneforge.compare import parse_methods
+    from tuneforge.plan import format_plan, make_plan
+
+    plan = make_plan(recipe_path, overrides, memory_gb, minutes, gpu,
+                     methods=parse_methods(methods) if methods else None, log=log)
+    print(format_plan(plan))
+    if json_output:
+        Path(json_output).write_text(json.dumps(plan.to_dict(), indent=2, default=str), encoding="utf-8")
+        print(f"\nwrote {json_output}")
     return 0

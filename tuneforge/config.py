@@ -23,13 +23,49 @@ METRIC_NAMES = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recal
 
 # Keys of the recipe whose values are file paths; relative ones are resolved against the
 # directory of the recipe file (recipes stay portable), or the working directory for --set.
-PATH_KEYS = (("data", "train"), ("data", "validation"), ("data", "test"))
+PATH_KEYS = (("data", "train"), ("data", "validation"), ("data", "test"),
+             ("data", "augment", "forward_model"), ("data", "augment", "backward_model"),
+             ("data", "augment", "wordnet_dir"))
 
 
 class StrictModel(BaseModel):
     """A config section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+EDA_OPS = ("synonym", "insert", "swap", "delete")
+
+
+class AugmentConfig(StrictModel):
+    """Extra training examples made from the train split (only), after the validation split.
+
+    ``eda``: Easy Data Augmentation (Wei & Zou, 2019): synonym replacement, random insertion of a
+    synonym, random swap, random deletion. Synonyms, both offline: the nearest neighbours of a word in the
+    input embeddings of the recipe's own model, or a local WordNet. ``back_translation``: text -> pivot language ->
+    back, with two local translation models (e.g. Marian ``opus-mt`` folders).
+    """
+
+    method: Literal["eda", "back_translation"] = Field("eda", description="eda or back_translation.")
+    ops: list[Literal["synonym", "insert", "swap", "delete"]] = Field(
+        default_factory=lambda: list(EDA_OPS), min_length=1, description="EDA operations to draw from.")
+    n_per_example: int = Field(1, ge=1, le=32, description="New examples per training example.")
+    alpha: float = Field(0.1, gt=0, le=0.5, description="EDA: share of a text's words each operation changes.")
+    seed: int | None = Field(None, description="Default: train.seed.")
+    synonyms: Literal["embedding", "wordnet"] = Field(
+        "embedding", description="EDA synonym source: the model's own input embeddings, or a local WordNet.")
+    wordnet_dir: Path | None = Field(None, description="WordNet dict folder; default: Debian's wordnet-base.")
+    forward_model: Path | None = Field(None, description="back_translation: local model folder, source -> pivot.")
+    backward_model: Path | None = Field(None, description="back_translation: local model folder, pivot -> source.")
+    batch_size: int = Field(16, ge=1, description="back_translation: texts per translation batch.")
+    num_beams: int = Field(1, ge=1, description="back_translation: beams (1 = sampling, more varied).")
+
+    @field_validator("ops")
+    @classmethod
+    def _distinct_ops(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("each operation may appear once")
+        return value
 
 
 class DataConfig(StrictModel):
@@ -44,6 +80,9 @@ class DataConfig(StrictModel):
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per example (pair) after truncation.")
     on_empty: Literal["error", "drop"] = Field("error", description="Empty or whitespace-only texts.")
+    balance: Literal["none", "oversample", "undersample"] = Field(
+        "none", description="Resample the train split (after the validation split) to equal label counts.")
+    augment: AugmentConfig | None = Field(None, description="Augment the train split; see docs/data.md.")
 
 
 class EarlyStoppingConfig(StrictModel):
@@ -87,7 +126,12 @@ class TrainConfig(StrictModel):
     seed: int = 42
     log_every_steps: int = Field(50, ge=1)
     group_by_length: bool = Field(True, description="Batch examples of similar length together.")
+    activation_cache: bool = Field(
+        True, description="Compute the output of the frozen bottom layers once and reuse it every epoch.")
     num_threads: int | None = Field(None, ge=1, description="Torch CPU threads; default: physical cores.")
+    time_budget_minutes: float | None = Field(
+        None, gt=0, description="Stop training once this much wall-clock time has passed (checked after each "
+                                "optimizer step; the partial epoch is validated). `tuneforge compare` sets it.")
 
 
 class Recipe(StrictModel):
@@ -123,10 +167,29 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping of keys (name, model, data, method, train)")
     _resolve_paths(raw, path.parent)
+    file_method = raw.get("method", {}).get("name") if isinstance(raw.get("method"), dict) else None
     set_keys: set[tuple[str, ...]] = set()
     for item in overrides or []:
         set_keys.add(apply_override(raw, item))
+    _drop_keys_of_replaced_method(raw, file_method, set_keys)
     return validate_recipe(raw, source=path, text=text, overridden=set_keys)
+
+
+def _drop_keys_of_replaced_method(raw: dict[str, Any], file_method: str | None,
+                                  set_keys: set[tuple[str, ...]]) -> None:
+    """`--set method.name=X` on a recipe written for method Y: Y's own keys (r, alpha, ...) are not typos,
+    so they are dropped rather than reported; keys the new method knows, and keys given with --set, stay."""
+    method = raw.get("method")
+    if ("method", "name") not in set_keys or not isinstance(method, dict) or file_method not in method_names():
+        return
+    new_name = method.get("name")
+    if new_name == file_method or new_name not in method_names():
+        return
+    old_keys = set(method_spec(file_method).config_class.model_fields)
+    new_keys = set(method_spec(new_name).config_class.model_fields)
+    for key in list(method):
+        if key in old_keys and key not in new_keys and ("method", key) not in set_keys:
+            del method[key]
 
 
 def apply_override(raw: dict[str, Any], item: str) -> tuple[str, ...]:

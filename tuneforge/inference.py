@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -12,8 +14,12 @@ from tuneforge.data.batching import EncodedSplit, iterate_batches, sorted_batche
 @torch.no_grad()
 def predict_probabilities(model: nn.Module, encoded: EncodedSplit, batch_size: int, pad_token_id: int,
                           device: torch.device, loss_fn: nn.Module | None = None,
-                          autocast_dtype: torch.dtype | None = None) -> tuple[np.ndarray, float | None]:
-    """Softmax probabilities in the original order, and the mean loss if ``loss_fn`` is given."""
+                          autocast_dtype: torch.dtype | None = None,
+                          before_batch: Callable[[list[int]], None] | None = None) -> tuple[np.ndarray, float | None]:
+    """Softmax probabilities in the original order, and the mean loss if ``loss_fn`` is given.
+
+    ``before_batch(indices)`` is called before each forward pass (the activation cache selects rows with it).
+    """
     was_training = model.training
     model.eval()
     probabilities = np.zeros((len(encoded), 0), dtype=np.float32)
@@ -23,6 +29,8 @@ def predict_probabilities(model: nn.Module, encoded: EncodedSplit, batch_size: i
                               iterate_batches(encoded, sorted_batches(encoded.lengths, batch_size), pad_token_id)):
         labels = batch.pop("labels").to(device)
         inputs = {key: value.to(device) for key, value in batch.items()}
+        if before_batch is not None:
+            before_batch(indices)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(**inputs).logits.float()
         if loss_fn is not None:

@@ -23,23 +23,29 @@ def load_run_recipe(run_dir: Path) -> Recipe:
 
 
 class Predictor:
-    """Loads ``run_dir/model`` (a plain transformers model) and predicts label probabilities."""
+    """Loads a run's trained model and predicts label probabilities.
+
+    ``run_dir/model`` is a plain transformers model for mergeable methods; for the others the run's method
+    rebuilds base + adapter (:meth:`tuneforge.methods.Method.load`, chosen from the run's config.yaml).
+    """
 
     def __init__(self, run_dir: str | Path, batch_size: int = 64) -> None:
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from tuneforge.methods import method_spec
 
         self.run_dir = Path(run_dir)
         if not self.run_dir.is_dir():
             raise UserError(f"{self.run_dir}: run folder not found")
         self.recipe = load_run_recipe(self.run_dir)
         model_dir = self.run_dir / "model"
-        if not (model_dir / "config.json").is_file():
+        if not model_dir.is_dir():
             raise UserError(f"{self.run_dir}: has no trained model (model/ is missing; did the run finish? "
                             "see run.json)")
         self.label_names: list[str] = json.loads((self.run_dir / "labels.json").read_text(encoding="utf-8"))
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        self.model = method_spec(self.recipe.method.name).load(self.run_dir, self.recipe.method).eval()
         self.device = torch.device("cpu")
         self.batch_size = batch_size
 

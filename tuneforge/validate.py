@@ -29,7 +29,7 @@ def validate_job(recipe_path: str | Path, overrides: list[str] | None = None) ->
     import torch
 
     resolve_precision(recipe.train.precision, torch.cuda.is_available())
-    data = load_classification_data(recipe.data, recipe.train.seed)
+    data = load_classification_data(recipe.data, recipe.train.seed, model=recipe.model)
     model_config = load_model_config(recipe.model)
     layers = getattr(model_config, "num_hidden_layers", None)
     top = getattr(recipe.method, "unfreeze_top_layers", None)

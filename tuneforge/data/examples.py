@@ -126,8 +126,11 @@ def _sorted_labels(values: list[str]) -> list[str]:
         return sorted(values)
 
 
-def load_classification_data(config: DataConfig, seed: int) -> ClassificationData:
-    """Read, check and split the recipe's data; raise UserError on the first problem."""
+def load_classification_data(config: DataConfig, seed: int, model: str | None = None) -> ClassificationData:
+    """Read, check and split the recipe's data; raise UserError on the first problem.
+
+    ``data.balance`` and ``data.augment`` then change the train split only (after the validation split);
+    ``model`` (the recipe's model) is the synonym source of EDA's synonym operations."""
     train_frame, notes = _read_split(config.train, config, "train")
     label_names = _sorted_labels(sorted({_label_name(v) for v in train_frame[config.label_column].tolist()}))
     if len(label_names) < 2:
@@ -144,6 +147,11 @@ def load_classification_data(config: DataConfig, seed: int) -> ClassificationDat
         train, validation = stratified_split(train, config.validation_fraction, seed, label_names)
         notes.append(f"validation: stratified {config.validation_fraction:.0%} of {config.train.name} "
                      f"({len(validation)} rows, seed {seed})")
+    if config.balance != "none" or config.augment is not None:
+        from tuneforge.data.augment import prepare_train_split
+
+        train, more = prepare_train_split(train, config, seed, label_names, model)
+        notes += more
 
     test = None
     if config.test is not None:

@@ -5,6 +5,13 @@ from tuneforge.methods import full  # noqa: F401  (registration)
 from tuneforge.methods import freeze  # noqa: F401
 from tuneforge.methods import gradual  # noqa: F401
 from tuneforge.methods import lora  # noqa: F401
+from tuneforge.methods import dora  # noqa: F401
+from tuneforge.methods import adalora  # noqa: F401
+from tuneforge.methods import ia3  # noqa: F401
+from tuneforge.methods import adapter  # noqa: F401
+from tuneforge.methods import prefix  # noqa: F401
+from tuneforge.methods import prompt  # noqa: F401
+from tuneforge.methods import ptuning  # noqa: F401
 from tuneforge.methods.registry import Method, MethodConfig, build_method, method_names, method_spec, register
 
 __all__ = ["Method", "MethodConfig", "build_method", "method_names", "method_spec", "register"]

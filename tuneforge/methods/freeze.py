@@ -36,6 +36,7 @@ class Freeze(Method):
     name = "freeze"
     config_class = FreezeConfig
     summary = "frozen body, trained head (+ top N layers); fastest, least memory"
+    default_learning_rate = 1e-3  # a head alone learns slowly at full fine-tuning's rate (docs/methods.md)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         layers = describe(model).num_layers
@@ -46,3 +47,6 @@ class Freeze(Method):
                             f"{layers} layers: use a value from 0 to {layers}")
         set_trainable(model, trainable_top(model, self.config.unfreeze_top_layers))
         return model
+
+    def frozen_prefix_depth(self, num_layers: int, epochs: int) -> int:
+        return max(num_layers - self.config.unfreeze_top_layers, 0)

@@ -36,6 +36,10 @@ class GradualUnfreezing(Method):
     def optimizer_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
         return iter(model.named_parameters())
 
+    def frozen_prefix_depth(self, num_layers: int, epochs: int) -> int:
+        thawed_at_end = self.unfrozen_layers(epochs - 1)
+        return 0 if thawed_at_end > num_layers else num_layers - thawed_at_end
+
     def unfrozen_layers(self, epoch: int) -> int:
         """How many blocks from the top train in ``epoch`` (may exceed the depth: embeddings too)."""
         return epoch // self.config.unfreeze_every

@@ -1,22 +1,23 @@
-"""LoRA through PEFT; merged into the base weights for deployment.
+"""LoRA through PEFT: low-rank updates of the attention projections, merged for deployment by default.
 
-``run/adapter`` holds the PEFT adapter (small, loadable with ``PeftModel.from_pretrained``);
-``run/model`` holds the merged plain model. The merge is checked: merged and unmerged logits
-must agree on a probe batch (see :mod:`tuneforge.train.loop`).
+``run/adapter`` holds the PEFT adapter (small, loadable with ``PeftModel.from_pretrained``). With
+``merge: true`` (the default) ``run/model`` holds the merged plain model, checked against the unmerged
+one on a probe batch (see :mod:`tuneforge.train.loop`); with ``merge: false`` the run keeps base + adapter
+(see :mod:`tuneforge.methods.layout`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 from torch import nn
 
-from tuneforge.methods.registry import Method, MethodConfig, register
+from tuneforge.methods.peft_method import MergeableConfig, PeftMethod
+from tuneforge.methods.registry import register
 
 
-class LoraMethodConfig(MethodConfig):
+class LoraMethodConfig(MergeableConfig):
     name: Literal["lora"] = "lora"
     r: int = Field(16, ge=1, description="Rank of the update matrices.")
     alpha: float = Field(32, gt=0, description="Scaling: the update is multiplied by alpha / r.")
@@ -26,26 +27,23 @@ class LoraMethodConfig(MethodConfig):
 
 
 @register
-class Lora(Method):
+class Lora(PeftMethod):
     name = "lora"
     config_class = LoraMethodConfig
     summary = "low-rank updates of the attention projections; mergeable, small adapter"
+    mergeable: ClassVar[bool] = True
+    default_learning_rate = 1e-3
+    use_dora: ClassVar[bool] = False
 
-    def prepare(self, model: nn.Module) -> nn.Module:
-        from peft import LoraConfig, TaskType, get_peft_model
+    def peft_config(self, model: nn.Module) -> Any:
+        from peft import LoraConfig, TaskType
 
         config = self.config
-        peft_config = LoraConfig(
+        return LoraConfig(
             task_type=TaskType.SEQ_CLS,
             r=config.r,
             lora_alpha=config.alpha,
             lora_dropout=config.dropout,
             target_modules=None if config.target_modules == "auto" else config.target_modules,
+            use_dora=self.use_dora,
         )
-        return get_peft_model(model, peft_config)
-
-    def save(self, model: nn.Module, run_dir: Path) -> nn.Module:
-        model.save_pretrained(run_dir / "adapter", safe_serialization=True)
-        merged = model.merge_and_unload()
-        merged.save_pretrained(run_dir / "model", safe_serialization=True)
-        return merged

@@ -30,6 +30,9 @@ class Method:
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]]
     summary: ClassVar[str]
+    # The learning rate `tuneforge compare` and `tuneforge plan` use for this method when the recipe's
+    # own learning rate was chosen for another method (docs/methods.md says how each was picked).
+    default_learning_rate: ClassVar[float] = 1e-4
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -42,17 +45,39 @@ class Method:
         """Parameters the optimizer must own (default: those trainable after ``prepare``)."""
         return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
 
+    def frozen_prefix_depth(self, num_layers: int, epochs: int) -> int:
+        """How many bottom blocks (with the embeddings) stay frozen for all ``epochs``: the activation
+        cache computes their output once. 0 = none (the default: something in every block trains)."""
+        return 0
+
     def on_epoch_start(self, model: nn.Module, epoch: int) -> str | None:
         """Hook before each epoch (0-based); may return a line to print."""
         return None
 
+    def on_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """Hook after each optimizer step (1-based ``step``), before gradients are cleared (AdaLoRA)."""
+
     def save(self, model: nn.Module, run_dir: Path) -> nn.Module:
         """Write ``run_dir/model`` (a plain transformers model) and any method extras.
 
-        Returns the module that now stands for the saved model (e.g. the merged model).
+        Returns the module that now stands for the saved model (e.g. the merged model, or the model
+        loaded back from what was written); the loop checks its logits equal the trained model's.
         """
         model.save_pretrained(run_dir / "model", safe_serialization=True)
         return model
+
+    @classmethod
+    def load(cls, run_dir: Path, config: MethodConfig) -> nn.Module:
+        """The trained model of a run folder this method wrote, in eval mode (default: ``run_dir/model``).
+
+        Methods that cannot be merged into a plain model override this to rebuild base + adapter.
+        """
+        from transformers import AutoModelForSequenceClassification
+
+        model_dir = Path(run_dir) / "model"
+        if not (model_dir / "config.json").is_file():
+            raise UserError(f"{run_dir}: has no trained model (model/ is missing; did the run finish? see run.json)")
+        return AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
 
 
 _REGISTRY: dict[str, type[Method]] = {}

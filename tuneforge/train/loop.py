@@ -14,6 +14,7 @@ import json
 import math
 import random
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tuneforge.anatomy import describe, frozen_blocks_to_eval
 from tuneforge.config import Recipe
-from tuneforge.data.batching import EncodedSplit, encode_split, iterate_batches, length_grouped_batches, shuffled_batches
+from tuneforge.data.batching import EncodedSplit, iterate_batches, length_grouped_batches, shuffled_batches
+from tuneforge.data.encode_cache import encode_split_cached
 from tuneforge.data.examples import ClassificationData
 from tuneforge.evaluate import classification_metrics
 from tuneforge.inference import predict_probabilities
 from tuneforge.methods import Method, build_method
 from tuneforge.models import resolve_model
 from tuneforge.run import append_jsonl
+from tuneforge.train.activation_cache import CachedPrefix, build_cache
 from tuneforge.train.optim import build_optimizer, build_scheduler
 from tuneforge.train.runtime import Runtime, setup_runtime
 
@@ -117,10 +121,27 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print) ->
     log(f"model {recipe.model}: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%) "
         f"with method '{recipe.method.name}'; device {device.type}, {runtime.precision_name}, {runtime.threads} threads")
 
-    train_set = encode_split(tokenizer, data.train, recipe.data.max_length)
-    validation_set = encode_split(tokenizer, data.validation, recipe.data.max_length)
+    train_set = encode_split_cached(tokenizer, data.train, recipe.data.max_length)
+    validation_set = encode_split_cached(tokenizer, data.validation, recipe.data.max_length)
     pad_id = tokenizer.pad_token_id
     eval_batch_size = config.eval_batch_size or 2 * config.batch_size
+
+    # --- frozen-prefix activation cache: the frozen bottom of the model runs once, not every epoch ------
+    cache_context = ExitStack()
+    prefix, train_cache, validation_cache = None, None, None
+    depth = method.frozen_prefix_depth(describe(model).num_layers, config.epochs) if config.activation_cache else 0
+    if depth:
+        started = time.perf_counter()
+        frozen_blocks_to_eval(model)
+        train_cache = build_cache(model, depth, train_set, eval_batch_size, pad_id, device, run_dir / "cache", "train")
+        validation_cache = build_cache(model, depth, validation_set, eval_batch_size, pad_id, device,
+                                       run_dir / "cache", "validation")
+        prefix = CachedPrefix(model, depth)
+        cache_context.enter_context(prefix.active(train_cache.returns_tuple))
+        log(f"activation cache: embeddings + bottom {depth} layer(s) computed once for "
+            f"{len(train_set) + len(validation_set)} examples "
+            f"({(train_cache.nbytes + validation_cache.nbytes) / 2**20:.0f} MiB, "
+            f"{time.perf_counter() - started:.1f}s); training runs only the layers above")
 
     # --- optimisation --------------------------------------------------------------------------------
     optimizer = build_optimizer(model, method.optimizer_parameters(model), config)
@@ -137,12 +158,16 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print) ->
     epochs_without_improvement, stopped_early = 0, False
     metrics_path = run_dir / "metrics.jsonl"
     optimizer_step = 0
+    # train.time_budget_minutes: checked after each optimizer step; the cut epoch is still validated.
+    deadline = time.perf_counter() + 60 * config.time_budget_minutes if config.time_budget_minutes else None
+    out_of_time = False
 
     for epoch in range(config.epochs):
+        model.train()
         message = method.on_epoch_start(model, epoch)
         if message:
             log(message)
-        model.train()
+        frozen_blocks_to_eval(model)
         batches = (length_grouped_batches(train_set.lengths, config.batch_size, batch_order)
                    if config.group_by_length else shuffled_batches(len(train_set), config.batch_size, batch_order))
         progress = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
@@ -151,6 +176,8 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print) ->
         for batch_index, (indices, batch) in enumerate(zip(progress, iterate_batches(train_set, batches, pad_id))):
             labels = batch.pop("labels").to(device)
             inputs = {key: value.to(device) for key, value in batch.items()}
+            if prefix:
+                prefix.select(train_cache, indices)
             with torch.autocast(device.type, dtype=runtime.autocast_dtype, enabled=runtime.autocast_dtype is not None):
                 logits = model(**inputs).logits
             loss = loss_fn(logits.float(), labels)
@@ -169,9 +196,12 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print) ->
                     scaler.update()
                 else:
                     optimizer.step()
+                method.on_optimizer_step(model, optimizer_step + 1, steps_per_epoch * config.epochs)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 optimizer_step += 1
+                if deadline is not None and time.perf_counter() > deadline:
+                    out_of_time = True
 
             seen += len(indices)
             running_loss += loss.item() * len(indices)
@@ -185,18 +215,23 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print) ->
                                             "loss": running_loss / running_count, "lr": lr,
                                             "samples_per_s": samples_per_s})
                 running_loss, running_count = 0.0, 0
+            if out_of_time:
+                break
         progress.close()
         train_seconds = time.perf_counter() - epoch_start
 
         # --- validation, early stopping ---------------------------------------------------------------
-        probabilities, validation_loss = predict_probabilities(model, validation_set, eval_batch_size, pad_id, device,
-                                                               eval_loss_fn, runtime.autocast_dtype)
+        probabilities, validation_loss = predict_probabilities(
+            model, validation_set, eval_batch_size, pad_id, device, eval_loss_fn, runtime.autocast_dtype,
+            before_batch=(lambda batch_indices: prefix.select(validation_cache, batch_indices)) if prefix else None)
         metrics = classification_metrics(np.array(validation_set.labels), probabilities, data.label_names,
                                          per_class=False)
         metrics["loss"] = validation_loss
         record = {"step": optimizer_step, "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0],
-                  "samples_per_s": len(train_set) / train_seconds, "train_seconds": train_seconds,
+                  "samples_per_s": seen / train_seconds, "train_seconds": train_seconds,
                   **{f"validation_{k}": v for k, v in metrics.items()}}
+        if out_of_time:
+            record["time_budget_reached"] = True
         append_jsonl(metrics_path, record)
         log(f"epoch {epoch + 1}/{config.epochs}: validation loss {validation_loss:.4f}, accuracy "
             f"{metrics['accuracy']:.4f}, f1_macro {metrics['f1_macro']:.4f} "
@@ -216,8 +251,13 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print) ->
                     f"keeping epoch {best_epoch}")
                 stopped_early = True
                 break
+        if out_of_time:
+            log(f"time budget of {config.time_budget_minutes:g} min reached after {optimizer_step} optimizer steps "
+                f"(epoch {epoch + 1}); keeping epoch {best_epoch}")
+            break
 
     # --- keep the best epoch and save it -------------------------------------------------------------
+    cache_context.close()  # the model computes its full forward again from here on
     if best_state is not None:
         with torch.no_grad():
             parameters = dict(model.named_parameters())
