@@ -121,3 +121,22 @@ def test_adalora_gets_the_real_schedule_from_the_loop(tiny_model):
     adalora.on_optimizer_step(model, 1, total_steps=50)
     config = model.base_model.peft_config["default"]
     assert (config.total_step, config.tinit, config.tfinal) == (50, 5, 10)
+
+
+@pytest.mark.parametrize("name, keys", [("adapter", {}), ("prefix", {}),
+                                        ("prefix", {"projection": True, "init": "random"}), ("prompt", {}),
+                                        ("ptuning", {}), ("lora", {}), ("dora", {}), ("ia3", {}), ("adalora", {})])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model, name, keys):
+    """Our hooks (adapters, prefixes) and PEFT's wrappers survive the recomputation of checkpointed blocks."""
+    model = method(name, **keys).prepare(tiny_classifier(tiny_model)).train()
+    batch = batch_of(tiny_model, ["the film was good", "bad"])
+    gradients = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks
+        model(**batch).logits.sum().backward()
+        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert gradients[0].abs().sum() > 0
+    assert torch.allclose(gradients[0], gradients[1], atol=1e-6)

@@ -1,5 +1,6 @@
 """Every method: train on the tiny model, save, load back the way `tuneforge predict` does, and get the same
-predictions; mergeable methods: the merged plain model answers as the unmerged adapter does."""
+predictions; mergeable methods (merge: true): the merged plain model answers as the unmerged adapter does
+(atol 1e-4), checked both by the loop's save check and here, independently, with PEFT."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def test_every_method_is_covered():
 
 
 @pytest.mark.parametrize("method", method_names())
-def test_save_load_predict_parity(small_job, tmp_path, method):
+def test_save_load_predict_parity(small_job, tmp_path, tiny_model, method):
     run = tmp_path / method
     # the tiny model is 32 wide: a bottleneck of the default 64 would be wider than the model itself
     train_method(small_job, run, method, *(["bottleneck: 8"] if method == "adapter" else []))
@@ -75,28 +76,27 @@ def test_save_load_predict_parity(small_job, tmp_path, method):
     assert code == 0, err
     assert out.split("\t")[0] in ("negative", "positive")
 
+    if method in MERGEABLE:  # merge parity, checked independently of the loop's own save check
+        check_merged_equals_unmerged(run, tiny_model)
 
-@pytest.mark.parametrize("method", MERGEABLE)
-def test_merged_model_equals_unmerged_adapter(small_job, tmp_path, tiny_model, method):
+
+def check_merged_equals_unmerged(run, tiny_model) -> None:
     """model/ (merged, plain transformers) vs base + PEFT adapter, rebuilt independently of tuneforge."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    run = tmp_path / method
-    train_method(small_job, run, method)
     merged = AutoModelForSequenceClassification.from_pretrained(run / "model").eval()
     assert not any("lora" in n or "ia3" in n for n, _ in merged.named_parameters())  # a plain model
     base = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+    untrained_value = base.bert.encoder.layer[0].attention.self.value.weight.detach().clone()
     unmerged = PeftModel.from_pretrained(base, run / "adapter").eval()
     tokenizer = AutoTokenizer.from_pretrained(run / "model")
     batch = tokenizer([r["text"] for r in synthetic_rows(16, seed=5)], padding=True, return_tensors="pt")
     with torch.no_grad():
         expected, got = unmerged(**batch).logits, merged(**batch).logits
-        untrained = base.__class__.from_pretrained(tiny_model, num_labels=2).eval()
     assert torch.allclose(expected, got, atol=1e-4), (expected - got).abs().max()
     # the adapter changed the model (a vacuous merge would also pass the equality above)
-    assert not torch.allclose(merged.bert.encoder.layer[0].attention.self.value.weight,
-                              untrained.bert.encoder.layer[0].attention.self.value.weight)
+    assert not torch.allclose(merged.bert.encoder.layer[0].attention.self.value.weight, untrained_value)
 
 
 def test_merge_false_keeps_base_and_adapter(small_job, tmp_path):

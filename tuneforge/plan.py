@@ -1,24 +1,31 @@
-"""``tuneforge plan``: memory and time of every method on a recipe, estimated without training it, and a
-recommendation that fits the user's memory and time.
+"""``tuneforge plan``: memory and time of every method on a recipe, estimated without training the model,
+and a recommendation that fits the user's memory and time.
 
-For each method the model is loaded and prepared exactly as ``tuneforge train`` would, then:
+For each method a child process (so that what it measures is its own) loads and prepares the model exactly
+as ``tuneforge train`` would and runs a handful of optimizer steps on batches of the recipe's data — the
+steps are thrown away, nothing is saved. From that:
 
-- **weights, gradients, optimizer states**: counted from the parameters (fp32; AdamW keeps two states per
-  trained parameter), plus the loop's copy of the best epoch's trained weights;
-- **activations**: one forward pass at the recipe's batch size and the widest batch the data can produce
-  (``min(max_length, longest example)``), counting the bytes of every tensor autograd keeps for the
-  backward pass (saved-tensor hooks; parameters excluded). With gradient checkpointing only each block's
-  input is kept, plus one block's activations while it is recomputed;
-- **peak**: the larger of the training peak (everything above) and the load/save peak (one more copy of
-  the weights, as from_pretrained and saving need), plus the runtime (Python, torch, transformers:
-  this process's resident memory before any model is loaded; on a GPU the CUDA context instead);
-- **time per epoch**: a few real optimizer steps on batches of the recipe's data, timed, times the number
-  of batches, plus the validation pass. With ``--gpu`` the time is a FLOP count over the GPU's published
-  bf16 throughput at an assumed utilisation (no GPU here to measure: say so when reporting it).
+- **weights, gradients, AdamW states, best-epoch copy**: counted from the parameters (fp32; two AdamW states
+  per trained parameter; the loop keeps a copy of the best epoch's trained weights);
+- **activations**: what the training steps hold beyond those, measured as the growth of the process's peak
+  resident memory on the epoch's widest batch (the longest examples, grouped together). That is at least
+  what autograd saves for backward (also counted, with saved-tensor hooks) and usually more: the C
+  allocator keeps freed intermediates. The same measurement with gradient checkpointing on gives the
+  checkpointed figure. Other batch sizes scale the activations linearly;
+- **activation cache**: methods that keep the bottom blocks frozen for the whole run (freeze, gradual) have
+  their output cached once (``train.activation_cache``): tokens x hidden x 4 bytes, up to 1 GiB in RAM;
+- **peak** = runtime + the largest of loading (measured), training (all of the above) and saving (the
+  optimizer and the best copy are still alive while one more copy of the weights is written or reloaded).
+  The runtime is this process's resident memory once libraries and data are in, before any model (on a GPU,
+  a typical CUDA context instead: not measured here);
+- **time per epoch**: the timed steps (after a warm-up) times the number of batches, plus the validation
+  pass (one eval batch timed). With ``--gpu`` the time is a FLOP count over the GPU's published bf16
+  throughput at an assumed utilisation — an estimate, never measured here.
 
 The recommendation takes the most accurate method (the tiers of :data:`QUALITY`) whose peak fits the memory
-and at least one epoch fits the time, trying gradient checkpointing and then smaller batches (with gradient
-accumulation keeping the effective batch) before falling back to a less accurate method. It explains itself.
+(less :data:`HEADROOM`) and at least one epoch fits the time, trying gradient checkpointing and then smaller
+batches (gradient accumulation keeping the effective batch) before falling back to a less accurate method.
+It explains itself in plain words. This module writes no files (``--json`` is the command's).
 """
 
 from __future__ import annotations
@@ -64,6 +71,9 @@ GPUS: dict[str, tuple[float, float]] = {
     "h200": (141, 989),
 }
 GPU_UTILISATION = 0.35  # share of the peak throughput a fine-tuning step reaches (an assumption, see docs)
+# Share of the memory budget kept free: the estimates land within about 15% of measured peaks
+# (tests/test_plan.py), so a plan that fills the budget to the last byte would be a gamble.
+HEADROOM = 0.10
 CUDA_CONTEXT_BYTES = 600 * MB  # CUDA context + allocator reserve (typical, not measured here)
 IN_MEMORY_CACHE_LIMIT = 1 << 30  # tuneforge.train.activation_cache keeps caches up to this size in RAM
 
@@ -278,12 +288,14 @@ def make_plan(recipe_path: str, overrides: list[str], memory_gb: float | None, m
     batches = length_grouped_batches(train_set.lengths, config.batch_size, random.Random(config.seed))
     widths = [max(train_set.lengths[i] for i in b) for b in batches]
     mean_width = sum(widths) / len(widths)
-    # The batches timed: full-size ones whose width is nearest the epoch's mean width.
+    # The batches timed (after one warm-up): full-size ones whose width is nearest the epoch's mean width.
     full = [b for b in batches if len(b) == config.batch_size] or batches
     timed = sorted(full, key=lambda b: abs(max(train_set.lengths[i] for i in b) - mean_width))[:steps + 1]
     eval_batches = sorted_batches(validation_set.lengths, config.eval_batch_size or 2 * config.batch_size)
     pad = tokenizer.pad_token_id
-    widest = synthetic_batch(tokenizer, config.batch_size, width, len(tokenizer), labels=len(data.label_names))
+    # The memory peak of an epoch comes with its widest batch (the longest examples, grouped together).
+    widest = next(iterate_batches(train_set, [max(batches, key=lambda b: (max(train_set.lengths[i] for i in b),
+                                                                          len(b)))], pad))
     middle = eval_batches[len(eval_batches) // 2]
     eval_batch = {k: v for k, v in next(iterate_batches(validation_set, [middle], pad)).items() if k != "labels"}
     epoch_tokens = sum(w * len(b) for w, b in zip(widths, batches))
@@ -344,14 +356,18 @@ def estimate_method(recipe, name: str, batches_file: Path, runtime_bytes: int, c
     # What the training steps hold beyond weights, gradients and AdamW states is the activations as the
     # allocator keeps them: at least what autograd saves, usually more (freed intermediates the C allocator
     # does not hand back).
-    activations = max(probe["saved_bytes"], probe["train_bytes"] - probe["weights_bytes"] - 3 * trained)
-    ratio = probe["saved_bytes_checkpointed"] / probe["saved_bytes"] if probe["saved_bytes"] else 1.0
+    fixed = probe["weights_bytes"] + 3 * trained
+    activations = max(probe["saved_bytes"], probe["train_bytes"] - fixed)
+    if probe["train_bytes_checkpointed"] is not None:
+        checkpointed = max(probe["saved_bytes_checkpointed"], probe["train_bytes_checkpointed"] - fixed)
+    else:
+        checkpointed = activations
     cache = 0
     if recipe.train.activation_cache and probe["frozen_prefix_depth"]:
         cache = min(cache_tokens * probe["hidden_size"] * 4, IN_MEMORY_CACHE_LIMIT)
     estimate.memory = MemoryEstimate(
         weights=probe["weights_bytes"], gradients=trained, optimizer=2 * trained, best_copy=trained,
-        activations=activations, activations_checkpointed=int(activations * ratio), runtime=runtime_bytes,
+        activations=activations, activations_checkpointed=min(checkpointed, activations), runtime=runtime_bytes,
         load=probe["load_bytes"], activation_cache=cache)
     estimate.step_seconds, estimate.forward_seconds = probe["step_seconds"], probe["forward_seconds"]
     estimate.epoch_seconds = probe["batches_per_epoch"] * probe["step_seconds"] + probe["eval_seconds"]
@@ -413,15 +429,12 @@ def probe(raw: dict, batches_file: Path) -> dict:
     load_bytes = _vm_hwm() - before
     trainable = [p for _, p in method.optimizer_parameters(model) if p.requires_grad]
     blocks = layer_blocks(model)
-    saved, outside, largest_block, block_input = activation_bytes(model, work["widest"])
-    checkpointed = outside + len(blocks) * block_input + largest_block if saved > outside else saved
     optimizer = build_optimizer(model, method.optimizer_parameters(model), recipe.train)
     loss_fn = nn.CrossEntropyLoss()
-    _reset_hwm()
-    step_times, forward_times = [], []
     model.train()
-    steps = [work["widest"]] + work["timed"]
-    for index, batch in enumerate(steps):
+    timings: list[tuple[float, float]] = []
+
+    def step(batch: dict, number: int) -> None:
         batch = dict(batch)
         labels = batch.pop("labels")
         start = time.perf_counter()
@@ -429,13 +442,29 @@ def probe(raw: dict, batches_file: Path) -> dict:
         forward_done = time.perf_counter()
         loss_fn(logits.float(), labels).backward()
         optimizer.step()
-        method.on_optimizer_step(model, index + 1, 10 * len(steps))
+        method.on_optimizer_step(model, number, 1000)
         optimizer.zero_grad(set_to_none=True)
-        del logits
-        if index >= 2 or (index == 1 and len(steps) == 2):  # the widest batch and one warm-up step are not timed
-            step_times.append(time.perf_counter() - start)
-            forward_times.append(forward_done - start)
+        timings.append((time.perf_counter() - start, forward_done - start))
+
+    # Peaks only grow, so the smaller one first: the widest batch with gradient checkpointing ...
+    supports_checkpointing = bool(getattr(model, "supports_gradient_checkpointing", False))
+    train_bytes_checkpointed = None
+    if supports_checkpointing:
+        _reset_hwm()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        step(work["widest"], 1)
+        model.gradient_checkpointing_disable()
+        train_bytes_checkpointed = _vm_hwm() - before
+    # ... then as in training: a warm-up step, the timed steps, the epoch's widest batch (the memory peak)
+    _reset_hwm()
+    timings.clear()
+    for number, batch in enumerate(work["timed"] + [work["widest"]], start=2):
+        step(batch, number)
     train_bytes = _vm_hwm() - before  # weights (paged in by the first forward), gradients, states, activations
+    timed = timings[1:-1] or timings
+    step_times, forward_times = [t for t, _ in timed], [f for _, f in timed]
+    saved, outside, largest_block, block_input = activation_bytes(model, work["widest"])
+    checkpointed = outside + len(blocks) * block_input + largest_block if saved > outside else saved
     model.eval()
     with torch.no_grad():
         start = time.perf_counter()
@@ -446,9 +475,9 @@ def probe(raw: dict, batches_file: Path) -> dict:
         "trainable_params": sum(p.numel() for p in trainable),
         "total_params": sum(p.numel() for p in model.parameters()),
         "weights_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
-        "load_bytes": load_bytes, "train_bytes": train_bytes, "saved_bytes": saved,
-        "saved_bytes_checkpointed": min(checkpointed, saved), "gradients_through_body": saved > outside,
-        "supports_checkpointing": bool(getattr(model, "supports_gradient_checkpointing", False)),
+        "load_bytes": load_bytes, "train_bytes": train_bytes, "train_bytes_checkpointed": train_bytes_checkpointed,
+        "saved_bytes": saved, "saved_bytes_checkpointed": min(checkpointed, saved),
+        "gradients_through_body": saved > outside, "supports_checkpointing": supports_checkpointing,
         "frozen_prefix_depth": method.frozen_prefix_depth(len(blocks), recipe.train.epochs),
         "hidden_size": int(getattr(config, "hidden_size", 0) or 0),
         "step_seconds": sum(step_times) / max(len(step_times), 1),
@@ -476,7 +505,7 @@ def _gpu_time(estimate: MethodEstimate, gpu: str, epoch_tokens: int, eval_tokens
 
 def options_for(estimate: MethodEstimate, plan: Plan, recipe) -> list[Option]:
     """Ways to run the method: recipe batch, then checkpointing, then halved batches (accumulating)."""
-    budget = plan.memory_budget_gb * GB if plan.memory_budget_gb else None
+    budget = (1 - HEADROOM) * plan.memory_budget_gb * GB if plan.memory_budget_gb else None
     seconds = plan.minutes * 60 if plan.minutes else None
     options = []
     batch = recipe.train.batch_size
@@ -514,7 +543,8 @@ def recommend(plan: Plan, recipe) -> None:
     fitting = sorted((o for options in all_options.values() for o in options if o.fits), key=key)
     budget_words = []
     if plan.memory_budget_gb:
-        budget_words.append(f"{plan.memory_budget_gb:g} GB of memory")
+        budget_words.append(f"{plan.memory_budget_gb:g} GB of memory ({(1 - HEADROOM) * plan.memory_budget_gb:.2f} GB "
+                            f"usable: {100 * HEADROOM:.0f}% is kept free for estimate error)")
     if plan.minutes:
         budget_words.append(f"{plan.minutes:g} minutes")
     budget_text = " and ".join(budget_words) or "no stated limits"
@@ -552,7 +582,7 @@ def recommend(plan: Plan, recipe) -> None:
         if not any(o.fits_memory for o in options):
             words.append(f"{other.method} would be more accurate but needs at least {smallest.peak_bytes / GB:.2f} GB "
                          f"(batch {smallest.batch_size}{', checkpointing' if smallest.checkpointing else ''}): over "
-                         f"{plan.memory_budget_gb:g} GB.")
+                         f"the {(1 - HEADROOM) * plan.memory_budget_gb:.2f} GB usable.")
         elif not any(o.fits for o in options):
             fastest = min(options, key=lambda o: o.epoch_seconds)
             words.append(f"{other.method} would be more accurate but one epoch takes {fastest.epoch_seconds / 60:.1f} min:"

@@ -70,10 +70,19 @@ class PrefixEncoder(nn.Module):
 
 
 class _Holder:
-    """The prefixes of the current forward pass, computed once per model call (not a module: no weights)."""
+    """The prefixes of the current forward pass, computed once per model call (not a module: no weights).
 
-    def __init__(self) -> None:
+    They stay set after the call: gradient checkpointing re-runs the blocks during backward and must see the
+    very same tensor."""
+
+    def __init__(self, encoder: PrefixEncoder) -> None:
+        self.encoder = encoder
         self.current: torch.Tensor | None = None
+
+    def prefixes(self) -> torch.Tensor:
+        if self.current is None:  # a block called before the model ever was
+            self.current = self.encoder()
+        return self.current
 
 
 class _PrefixKeyValues:
@@ -93,8 +102,8 @@ class _PrefixKeyValues:
                 torch.cat([self.value.to(value_states.dtype), value_states], dim=2))
 
 
-def _compute_prefixes(holder: _Holder, encoder: PrefixEncoder, module, args) -> None:
-    holder.current = encoder()
+def _compute_prefixes(holder: _Holder, module, args) -> None:
+    holder.current = holder.encoder()
 
 
 def _extend_mask(mask: torch.Tensor | None, tokens: int, query_length: int, causal: bool,
@@ -119,7 +128,7 @@ def _add_prefix(holder: _Holder, layer: int, heads: int, head_dim: int, cache_na
     inner = kwargs.get(cache_name)
     if inner is not None and inner.get_seq_length(getattr(module, "layer_idx", None) or 0) > 0:
         raise UserError("method prefix: not supported yet with a filled key/value cache (generation)")
-    prefix = holder.current[layer]  # (2, tokens, width)
+    prefix = holder.prefixes()[layer]  # (2, tokens, width)
     tokens = prefix.shape[1]
     key, value = (prefix[i].view(tokens, heads, head_dim).transpose(0, 1).unsqueeze(0).expand(batch, -1, -1, -1)
                   for i in (0, 1))
@@ -180,8 +189,8 @@ class PrefixTuning(InjectedMethod):
         if initialise and not use_projection and config.init == "vocab":
             encoder.prefix.data.copy_(vocab_prefixes(model, attentions, config.num_virtual_tokens))
         model.tf_prefix = encoder.to(device=reference.device, dtype=reference.dtype)
-        holder = _Holder()
-        model.register_forward_pre_hook(partial(_compute_prefixes, holder, model.tf_prefix))
+        holder = _Holder(model.tf_prefix)
+        model.register_forward_pre_hook(partial(_compute_prefixes, holder))
         for layer, (attention, key, _, cache_name) in enumerate(attentions):
             head_dim = head_dim_of(attention, key)
             causal = bool(getattr(attention, "is_causal", False))
