@@ -109,11 +109,14 @@ def test_unknown_gpu_is_refused(tiny_job):
 
 # ----------------------------------------------------------------------------- estimate vs measured
 
+# The peak is VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child of a big pytest
+# process would report the parent's size (every method then "measured" the same 1.9 GB in a full run).
 MEASURE_CHILD = """
-import json, resource, sys
+import json, sys
 from tuneforge.cli import main
+from tuneforge.plan import _vm_hwm
 code = main(["train", *sys.argv[1:]])
-print(json.dumps({"code": code, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"code": code, "peak": _vm_hwm()}))
 """
 
 

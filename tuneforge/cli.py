@@ -16,14 +16,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tuneforge {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_overrides(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("recipe", help="recipe YAML file")
+    def with_overrides(sub: argparse.ArgumentParser, recipe_optional: bool = False) -> None:
+        sub.add_argument("recipe", nargs="?" if recipe_optional else None, help="recipe YAML file")
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a recipe key, e.g. --set train.epochs=2 (value parsed as YAML; repeatable)")
 
     train = commands.add_parser("train", help="validate, train, evaluate; write a run folder")
-    with_overrides(train)
+    with_overrides(train, recipe_optional=True)
     train.add_argument("--output", help="run folder (must not exist or be empty); default runs/<name>-<timestamp>/")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its newest intact "
+                                                           "checkpoint (no RECIPE: the run's config.yaml is used)")
+    train.add_argument("--allow-pickle", action="store_true",
+                       help="with --resume: accept checkpoint folders that also hold pickle files (never loaded)")
 
     validate = commands.add_parser("validate", help="check a recipe, its data and model without training")
     with_overrides(validate)
@@ -39,6 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", help="CSV/TSV/JSON/JSONL/Parquet file with the run's text column")
     predict.add_argument("--output", help="where to write the rows plus predicted_label and confidence")
     predict.add_argument("--top", type=int, default=5, help="with --text: how many label probabilities to print")
+
+    generate = commands.add_parser("generate", help="generate text with a trained sft / causal-lm run "
+                                                    "(docs/generative.md)")
+    generate.add_argument("run_dir")
+    generate.add_argument("--prompt", help="one prompt (an instruction; the run's chat template is applied)")
+    generate.add_argument("--input", help="CSV/TSV/JSON/JSONL/Parquet file with the run's instruction (and input) "
+                                          "columns, a messages column, or a prompt column")
+    generate.add_argument("--output", help="where to write the rows plus a 'generated' column")
+    generate.add_argument("--max-new-tokens", type=int, help="default: the recipe's generative.generation.max_new_tokens")
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sampled")
+    generate.add_argument("--top-p", type=float, help="with --temperature: nucleus mass (default: the recipe's)")
 
     commands.add_parser("models", help="list model aliases and methods")
 
@@ -118,6 +133,41 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--gpu", help="plan for this GPU (t4, l4, a10g, a100, h100, ...): its memory, FLOP-based times")
     plan.add_argument("--methods", help="comma-separated methods to estimate (default: all)")
     plan.add_argument("--json", dest="json_output", metavar="FILE", help="also write the plan as JSON")
+
+    search = commands.add_parser("search", help="hyper-parameter search over recipe keys with Optuna (docs/search.md)")
+    with_overrides(search)
+    search.add_argument("--space", required=True, help="YAML file: dotted recipe key -> distribution "
+                                                        "(loguniform, uniform, int, choice)")
+    search.add_argument("--trials", type=int, required=True,
+                        help="completed or pruned trials the study should hold; a rerun runs only the missing ones")
+    search.add_argument("--storage", help="Optuna RDB URL (default sqlite:///OUTPUT/study.db); several machines may "
+                                          "share one study through the same URL")
+    search.add_argument("--jobs", type=int, default=1, help="parallel trials (worker processes sharing the storage)")
+    search.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
+                        help="stop poor trials early on the per-epoch validation metric (default median)")
+    search.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="default tpe")
+    search.add_argument("--metric", help="validation metric to optimise (default: train.early_stopping.metric)")
+    search.add_argument("--study-name", help="default: the recipe's name")
+    search.add_argument("--output", help="search folder (default runs/<study name>-search/); rerunning into it "
+                                         "continues its study")
+
+    doctor = commands.add_parser("doctor", help="check this machine (and a recipe, with a preflight of a few steps) "
+                                                "before training (docs/trust.md)")
+    doctor.add_argument("recipe", nargs="?", help="recipe YAML file: also validate it, flag known-bad combinations "
+                                                  "and run the preflight")
+    doctor.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key, e.g. --set train.precision=bf16 (repeatable)")
+    doctor.add_argument("--output", help="where runs will be written, for the free-disk check (default runs/)")
+    doctor.add_argument("--steps", type=int, default=10, help="optimizer steps of the preflight (default 10)")
+    doctor.add_argument("--json", dest="json_output", metavar="FILE", help="also write every check as JSON")
+
+    runs = commands.add_parser("runs", help="list the runs in a folder: task, model, method, main metric, minutes, "
+                                            "status (docs/trust.md)")
+    runs.add_argument("folder", nargs="?", default="runs", help="folder holding run folders (default runs/)")
+    runs.add_argument("--sort", default="started", help="started (default), name, task, model, method, value, "
+                                                        "minutes or status")
+    runs.add_argument("--desc", action="store_true", help="sort descending (e.g. --sort value --desc: best first)")
+    runs.add_argument("--json", dest="json_output", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -142,13 +192,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "train":
-            return commands.train_command(args.recipe, args.overrides, args.output)
+            return commands.train_command(args.recipe, args.overrides, args.output, args.resume, args.allow_pickle)
         if args.command == "validate":
             return commands.validate_command(args.recipe, args.overrides)
         if args.command == "eval":
             return commands.eval_command(args.run_dir, args.data)
         if args.command == "predict":
             return commands.predict_command(args.run_dir, args.text, args.text_pair, args.input, args.output, args.top)
+        if args.command == "generate":
+            return commands.generate_command(args.run_dir, args.prompt, args.input, args.output, args.max_new_tokens,
+                                             args.temperature, args.top_p)
         if args.command == "models":
             return commands.models_command()
         if args.command == "report":
@@ -171,6 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare":
             return commands.compare_command(args.recipe, args.methods, args.overrides, args.output,
                                             args.budget_minutes, args.learning_rates)
+        if args.command == "search":
+            return commands.search_command(args.recipe, args.space, args.trials, args.storage, args.jobs, args.pruner,
+                                           args.sampler, args.metric, args.study_name, args.output, args.overrides)
+        if args.command == "doctor":
+            return commands.doctor_command(args.recipe, args.overrides, args.output, args.steps, args.json_output)
+        if args.command == "runs":
+            return commands.runs_command(args.folder, args.sort, args.desc, args.json_output)
         if args.command == "plan":
             return commands.plan_command(args.recipe, args.overrides, args.memory_gb, args.minutes, args.gpu,
                                          args.methods, args.json_output)

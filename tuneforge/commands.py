@@ -20,9 +20,27 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def is_generative_recipe(recipe_path: str, overrides: list[str]) -> bool:
+    """Whether the recipe's task is sft, causal-lm or masked-lm (tuneforge.train.generative runs those)."""
+    from tuneforge.config import GENERATIVE_TASKS, load_recipe
+
+    return load_recipe(recipe_path, overrides).task in GENERATIVE_TASKS
+
+
 def validate_command(recipe_path: str, overrides: list[str]) -> int:
     from tuneforge.validate import validate_job
 
+    if is_generative_recipe(recipe_path, overrides):
+        from tuneforge.train.generative import validate_generative_job
+
+        job = validate_generative_job(recipe_path, overrides)
+        data = job.data
+        print(f"{recipe_path}: valid. task {job.recipe.task}; train {len(data.train)}, validation "
+              f"{len(data.validation)}, test {len(data.test) if data.test else 0} rows; model {job.recipe.model} "
+              f"({job.model_config.model_type}); method {job.recipe.method.name}")
+        for note in data.notes:
+            print(f"  note: {note}")
+        return 0
     job = validate_job(recipe_path, overrides)
     data = job.data
     print(f"{recipe_path}: valid. {len(data.label_names)} labels; train {len(data.train)}, validation "
@@ -33,48 +51,88 @@ def validate_command(recipe_path: str, overrides: list[str]) -> int:
     return 0
 
 
-def train_command(recipe_path: str, overrides: list[str], output: str | None) -> int:
-    from tuneforge.run import RunStatus, new_run_dir
+def train_command(recipe_path: str | None, overrides: list[str], output: str | None, resume: str | None = None,
+                  allow_pickle: bool = False) -> int:
+    from tuneforge.run import RunStatus
+    from tuneforge.tasks import task_for
+    from tuneforge.train.checkpoint import StopRequest, TrainingInterrupted, explain_out_of_memory, find_resumable
+    from tuneforge.train.distributed import distributed
     from tuneforge.train.loop import train
+    from tuneforge.train.resume import check_resumable, create_run_dir, resume_facts
+    from tuneforge.train.tracking import check_report_to
     from tuneforge.validate import validate_job
 
+    dist = distributed()  # several processes under `accelerate launch`; rank 0 alone writes the run folder
+    if resume is not None:
+        recipe_path = str(check_resumable(resume, recipe_path, overrides, output))
+    elif recipe_path is None:
+        raise UserError("train: give a RECIPE.yaml, or --resume RUN_DIR to continue an interrupted run")
+    if is_generative_recipe(recipe_path, overrides):  # task sft / causal-lm / masked-lm: their own loop
+        from tuneforge.train.generative import train_generative_command
+
+        if resume is not None or dist.enabled:
+            raise UserError(f"{'--resume' if resume is not None else 'a distributed launch'} for the generative "
+                            "tasks (sft, causal-lm, masked-lm): not supported yet; their loop writes no "
+                            "checkpoints and runs in one process")
+
+        return train_generative_command(recipe_path, overrides, output, log)
     job = validate_job(recipe_path, overrides)
     recipe, data = job.recipe, job.data
+    check_report_to(recipe.train.report_to)
     for note in data.notes:
         log(f"note: {note}")
-    run_dir = new_run_dir(output, recipe.name)
+    checkpoint, skipped = None, []
+    if resume is not None:
+        run_dir = Path(resume)
+        checkpoint, skipped = find_resumable(run_dir, log=log, allow_pickle=allow_pickle)
+    else:
+        run_dir = create_run_dir(dist, output, recipe.name)
+    if not dist.is_main:  # the other processes of a distributed launch only train
+        with StopRequest(log).installed() as stop:
+            train(recipe, data, run_dir, log=lambda message: None, resume_from=checkpoint, stop=stop)
+        return 0
     log(f"run folder: {run_dir}")
-    dump_recipe(recipe, run_dir / "config.yaml")
-    (run_dir / "labels.json").write_text(json.dumps(data.label_names, indent=1, ensure_ascii=False), encoding="utf-8")
+    if resume is None:
+        dump_recipe(recipe, run_dir / "config.yaml")
+        (run_dir / "labels.json").write_text(json.dumps(data.label_names, indent=1, ensure_ascii=False),
+                                             encoding="utf-8")
     status = RunStatus(run_dir, name=recipe.name, task=recipe.task, model=recipe.model, method=recipe.method.name,
                        tuneforge_version=__version__, rows={"train": len(data.train), "validation": len(data.validation),
-                                                            "test": len(data.test) if data.test else 0})
-    status.update(data=data_summary(data))
+                                                            "test": len(data.test) if data.test else 0},
+                       processes=dist.world_size, **resume_facts(run_dir, checkpoint, skipped))
+    status.update(data=data_summary(data, recipe.task))
+    from tuneforge.manifest import start_manifest
+
+    start_manifest(run_dir, recipe, recipe_path, overrides, resume=status.data if checkpoint is not None else None)
     try:
-        result = train(recipe, data, run_dir, log=log)
+        with StopRequest(log).installed() as stop:
+            result = train(recipe, data, run_dir, log=log, resume_from=checkpoint, stop=stop)
         status.update(trainable_params=result.trainable_params, total_params=result.total_params,
                       trainable_share=result.trainable_params / result.total_params, best_epoch=result.best_epoch,
                       stopped_early=result.stopped_early, precision=result.runtime.precision_name,
                       validation={k: v for k, v in result.best_metrics.items()})
         summary = {"validation": result.best_metrics}
-        if data.test is not None:
-            from tuneforge.data.batching import encode_split
-            from tuneforge.evaluate import write_evaluation
-            from tuneforge.inference import predict_probabilities
-
-            encoded = encode_split(result.tokenizer, data.test, recipe.data.max_length)
-            probabilities, _ = predict_probabilities(result.model, encoded, 64, result.tokenizer.pad_token_id,
-                                                     result.runtime.device)
-            summary["test"] = write_evaluation(run_dir / "eval" / "test", data.label_names, np.array(data.test.labels),
-                                               probabilities, data.test.texts, data.test.text_pairs,
-                                               data.test.source_rows)
-            status.update(test={k: v for k, v in summary["test"].items() if k != "per_class"})
+        # [task] evaluate data.test into eval/test (multilabel first tunes and stores its thresholds)
+        summary.update(task_for(recipe.task).after_training(recipe, data, result, run_dir, log))
+        if "test" in summary:
+            status.update(test={k: v for k, v in summary["test"].items() if k not in ("per_class", "thresholds")})
+    except TrainingInterrupted as interrupted:
+        status.finish("interrupted", checkpoint=str(interrupted.checkpoint) if interrupted.checkpoint else None)
+        if interrupted.checkpoint:
+            print(f"interrupted: saved {interrupted.checkpoint}\nresume with: tuneforge train --resume {run_dir}")
+        else:
+            print("interrupted: no checkpoint was written (train.keep_checkpoints is 0)")
+        return 130
     except KeyboardInterrupt:
         status.finish("interrupted")
         raise
     except BaseException as exc:
         status.finish("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         write_report_quietly(run_dir)
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            raise explain_out_of_memory(exc) from None
         raise
     status.finish("completed")
     write_report_quietly(run_dir)
@@ -82,11 +140,12 @@ def train_command(recipe_path: str, overrides: list[str], output: str | None) ->
     return 0
 
 
-def data_summary(data) -> dict:
+def data_summary(data, task: str = "classification") -> dict:
     """What run.json keeps about the data: label counts per split and the notes (splits, balance, augment)."""
+    from tuneforge.tasks import task_for
+
     splits = {"train": data.train, "validation": data.validation, "test": data.test}
-    counts = {name: {label: int(n) for label, n in zip(data.label_names,
-                                                       np.bincount(split.labels, minlength=len(data.label_names)))}
+    counts = {name: task_for(task).label_counts(split, data.label_names)
               for name, split in splits.items() if split is not None}
     return {"label_counts": counts, "notes": list(data.notes)}
 
@@ -104,7 +163,7 @@ def write_report_quietly(run_dir: Path) -> None:
 
 
 def print_summary(run_dir: Path, summary: dict, minutes: float) -> None:
-    keys = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "roc_auc")
+    keys = ("accuracy", "f1_micro", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "roc_auc")
     print(f"\nrun {run_dir} finished in {minutes:.1f} min")
     for split, metrics in summary.items():
         values = ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if metrics.get(k) is not None)
@@ -114,8 +173,12 @@ def print_summary(run_dir: Path, summary: dict, minutes: float) -> None:
 def eval_command(run_dir: str, data_file: str) -> int:
     from tuneforge.data.examples import _read_split, _to_split
     from tuneforge.evaluate import write_evaluation
-    from tuneforge.predict import Predictor
+    from tuneforge.predict import Predictor, load_run_recipe
+    from tuneforge.tasks import task_for
 
+    task = load_run_recipe(Path(run_dir)).task if Path(run_dir).is_dir() else "classification"
+    if task != "classification":  # [task] multilabel and image runs evaluate their own way
+        return task_for(task).eval_command(run_dir, data_file)
     predictor = Predictor(run_dir)
     path = Path(data_file)
     frame, notes = _read_split(path, predictor.recipe.data, "eval")
@@ -137,7 +200,8 @@ def eval_command(run_dir: str, data_file: str) -> int:
 def predict_command(run_dir: str, text: str | None, text_pair: str | None, input_file: str | None,
                     output_file: str | None, top: int) -> int:
     from tuneforge.data.io import SOURCE_ROW, read_table, write_table
-    from tuneforge.predict import Predictor
+    from tuneforge.predict import Predictor, load_run_recipe
+    from tuneforge.tasks import task_for
 
     if (text is None) == (input_file is None):
         raise UserError("predict: give either --text \"...\" or --input FILE --output FILE")
@@ -145,6 +209,9 @@ def predict_command(run_dir: str, text: str | None, text_pair: str | None, input
         raise UserError("predict: --input needs --output FILE (CSV, TSV, JSON, JSONL or Parquet)")
     if output_file is not None and Path(output_file).exists():
         raise UserError(f"{output_file}: already exists; predict never overwrites a file, choose another --output")
+    task = load_run_recipe(Path(run_dir)).task if Path(run_dir).is_dir() else "classification"
+    if task != "classification":  # [task] multilabel and image runs predict their own way
+        return task_for(task).predict_command(run_dir, text, text_pair, input_file, output_file, top)
     predictor = Predictor(run_dir)
     names = predictor.label_names
     if text is not None:
@@ -314,4 +381,70 @@ def plan_command(recipe_path: str, overrides: list[str], memory_gb: float | None
     if json_output:
         Path(json_output).write_text(json.dumps(plan.to_dict(), indent=2, default=str), encoding="utf-8")
         print(f"\nwrote {json_output}")
+    return 0
+
+
+def search_command(recipe_path: str, space_path: str, trials: int, storage: str | None, jobs: int, pruner: str,
+                   sampler: str, metric: str | None, study_name: str | None, output: str | None,
+                   overrides: list[str]) -> int:
+    from tuneforge.search.report import write_search_report
+    from tuneforge.search.study import prepare_search, run_search
+
+    spec = prepare_search(recipe_path, space_path, trials, storage, jobs, pruner, sampler, metric, study_name,
+                          output, overrides, log=log)
+    log(f"search folder: {spec.output}")
+    try:
+        run_search(spec, log=log)
+    finally:  # a killed or failed search still leaves an up-to-date table of what it finished
+        summary = write_search_report(spec)
+    counts = summary.counts
+    print(f"\nstudy '{spec.study_name}': {sum(counts.values())} trials ({counts['complete']} completed, "
+          f"{counts['pruned']} pruned, {counts['fail']} failed, {counts['running']} running)")
+    if summary.best_number is not None:
+        params = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                           for key, value in summary.best_params.items())
+        print(f"  best: trial {summary.best_number}, validation {spec.metric} {summary.best_value:.4f} ({params})")
+        print(f"  wrote {spec.output}/best.yaml, trials.csv, trials.md, search.md"
+              + (", importance.png" if summary.importances else ""))
+    for note in summary.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def generate_command(run_dir: str, prompt: str | None, input_file: str | None, output_file: str | None,
+                     max_new_tokens: int | None, temperature: float, top_p: float | None) -> int:
+    from tuneforge.train.generative import generate_command as generate_with_run
+
+    return generate_with_run(run_dir, prompt, input_file, output_file, max_new_tokens, temperature, top_p, log)
+
+
+def doctor_command(recipe_path: str | None, overrides: list[str], output: str | None, steps: int,
+                   json_output: str | None) -> int:
+    from tuneforge.doctor import run_doctor
+
+    if steps < 1:
+        raise UserError(f"doctor: --steps must be at least 1, got {steps}")
+    report = run_doctor(recipe_path, overrides, output, steps=steps, log=print)
+    failures, warnings = report.failures, report.warnings
+    print(f"\n{'FAILED' if failures else 'passed'}: {len(failures)} failure(s), {len(warnings)} warning(s)")
+    if json_output:
+        from dataclasses import asdict
+
+        Path(json_output).write_text(json.dumps({"checks": [asdict(c) for c in report.checks],
+                                                 "measurements": report.measurements}, indent=2, default=str),
+                                     encoding="utf-8")
+        print(f"wrote {json_output}")
+    return 1 if failures else 0
+
+
+def runs_command(folder: str, sort: str, descending: bool, as_json: bool) -> int:
+    from tuneforge.runlist import format_table, read_runs, sort_runs
+
+    rows = sort_runs(read_runs(folder), sort, descending)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"{folder}: no run folders (none has a run.json)")
+    else:
+        print(format_table(rows))
     return 0

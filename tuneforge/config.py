@@ -13,19 +13,24 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from tuneforge.errors import UserError, did_you_mean
 import tuneforge.methods  # noqa: F401  (registers every method)
 from tuneforge.methods.registry import MethodConfig, method_names, method_spec
 
-METRIC_NAMES = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "roc_auc", "loss")
+METRIC_NAMES = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "roc_auc", "loss",
+                "f1_micro", "subset_accuracy", "hamming_loss")  # the last three: task multilabel
+LOWER_IS_BETTER = ("loss", "hamming_loss")
+TASKS = ("classification", "multilabel", "image-classification", "sft", "causal-lm", "masked-lm")
 
 # Keys of the recipe whose values are file paths; relative ones are resolved against the
 # directory of the recipe file (recipes stay portable), or the working directory for --set.
 PATH_KEYS = (("data", "train"), ("data", "validation"), ("data", "test"),
              ("data", "augment", "forward_model"), ("data", "augment", "backward_model"),
              ("data", "augment", "wordnet_dir"))
+# Keys that name a folder or a model (alias, hub id): resolved like PATH_KEYS only when such a folder exists.
+FOLDER_OR_NAME_KEYS = (("distill", "teacher"),)
 
 
 class StrictModel(BaseModel):
@@ -83,6 +88,14 @@ class DataConfig(StrictModel):
     balance: Literal["none", "oversample", "undersample"] = Field(
         "none", description="Resample the train split (after the validation split) to equal label counts.")
     augment: AugmentConfig | None = Field(None, description="Augment the train split; see docs/data.md.")
+    label_delimiter: str | None = Field(
+        None, min_length=1, description="task multilabel: labels in one string, split on this (e.g. ','); "
+                                        "null: the label column holds a list.")
+    image_column: str = Field("image", description="task image-classification, CSV/JSONL data: the column of "
+                                                   "image paths (relative to the data file's folder).")
+    on_bad_image: Literal["error", "skip"] = Field(
+        "error", description="task image-classification: unreadable or corrupt images stop the run (listed by "
+                             "path), or are skipped and listed as a note.")
 
 
 class EarlyStoppingConfig(StrictModel):
@@ -101,7 +114,7 @@ class EarlyStoppingConfig(StrictModel):
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric != "loss"
+        return self.metric not in LOWER_IS_BETTER
 
 
 class TrainConfig(StrictModel):
@@ -132,6 +145,124 @@ class TrainConfig(StrictModel):
     time_budget_minutes: float | None = Field(
         None, gt=0, description="Stop training once this much wall-clock time has passed (checked after each "
                                 "optimizer step; the partial epoch is validated). `tuneforge compare` sets it.")
+    checkpoint_every_steps: int | None = Field(
+        500, ge=1, description="Write a resumable checkpoint every this many optimizer steps (and after every "
+                               "epoch); null: after every epoch only. See docs/resume.md.")
+    keep_checkpoints: int = Field(
+        2, ge=0, description="How many of the newest checkpoints to keep in RUN/checkpoints; 0: write none "
+                             "(the run cannot be resumed).")
+    max_bad_steps: int = Field(
+        10, ge=1, description="Stop with an error after this many batches whose loss is not finite (each such "
+                              "batch's optimizer step is skipped).")
+    report_to: Literal["none", "tensorboard", "mlflow"] = Field(
+        "none", description="Also log metrics.jsonl's metrics to TensorBoard (RUN/tensorboard) or MLflow "
+                            "(a local file store, RUN/mlruns, unless MLFLOW_TRACKING_URI is set).")
+
+
+class DistillConfig(StrictModel):
+    """Knowledge distillation (docs/distillation.md): the recipe's model (the student) learns from the labels and
+    from a fine-tuned teacher's logits, with loss (1 - alpha) * CE + alpha * T^2 * KL(softmax(t/T) || softmax(s/T))."""
+
+    teacher: str = Field(description="A tuneforge run folder, or a sequence-classification model (alias, folder, "
+                                     "hub id) trained for the same label names.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation term (0 = labels only).")
+    temperature: float = Field(2.0, gt=0, description="Softens both distributions; T^2 keeps gradient scale.")
+    student_layers: Union[Literal["every_other"], list[int], None] = Field(
+        None, description="Shrink the student to these encoder layers (0-based) or every other one; "
+                          "null: keep all its layers.")
+
+    @field_validator("student_layers")
+    @classmethod
+    def _layer_list(cls, value: Any) -> Any:
+        if isinstance(value, list) and (not value or len(set(value)) != len(value) or min(value) < 0):
+            raise ValueError("give distinct, non-negative layer indices, e.g. [0, 2, 4], or every_other")
+        return value
+
+
+class ExportConfig(StrictModel):
+    """The integrity gates that check every saved, merged and exported model (docs/trust.md)."""
+
+    max_metric_drop: float = Field(
+        0.01, ge=0, le=1, description="Fail when a reloaded or exported model's validation accuracy on the probe "
+                                      "rows is lower than the in-memory model's by more than this (0.01 = 1 point).")
+
+
+class MultiLabelConfig(StrictModel):
+    """``task: multilabel``: each example carries any number of labels; one sigmoid per label."""
+
+    pos_weight: Literal["none", "balanced"] = Field(
+        "none", description="balanced: weight each label's positives by negatives / positives (BCE pos_weight).")
+    thresholds: Union[Literal["per_label", "global"], float] = Field(
+        "per_label", description="Decision thresholds: per_label (each tuned on validation for F1), global "
+                                 "(one tuned on validation for micro F1) or a fixed number such as 0.5.")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _threshold_in_range(cls, value: Any) -> Any:
+        if isinstance(value, float) and not 0 < value < 1:
+            raise ValueError("a fixed threshold must lie between 0 and 1")
+        return value
+
+
+class MixConfig(StrictModel):
+    """MixUp or CutMix: a batch is mixed with a shuffled copy of itself, with Beta(alpha, alpha) weight."""
+
+    alpha: float = Field(1.0, gt=0, description="Beta(alpha, alpha) of the mixing weight lambda.")
+    probability: float = Field(1.0, ge=0, le=1, description="Share of training batches that are mixed.")
+
+
+class ImageConfig(StrictModel):
+    """``task: image-classification``: augmentation of the train split (validation and test are never changed).
+
+    When both ``mixup`` and ``cutmix`` are given, a mixed batch uses one of them, chosen with equal odds."""
+
+    random_resized_crop: tuple[float, float] | None = Field(
+        None, description="Crop a random [min, max] share of the image area (aspect 3/4..4/3), then resize.")
+    horizontal_flip: bool = Field(False, description="Mirror half the training images.")
+    mixup: MixConfig | None = None
+    cutmix: MixConfig | None = None
+
+    @field_validator("random_resized_crop")
+    @classmethod
+    def _crop_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 < value[0] <= value[1] <= 1:
+            raise ValueError("give [min, max] shares of the image area with 0 < min <= max <= 1, e.g. [0.6, 1.0]")
+        return value
+
+
+class GenerationConfig(StrictModel):
+    """How a generative run decodes its held-out prompts (``eval/samples.jsonl``) and ``tuneforge generate``."""
+
+    max_new_tokens: int = Field(96, ge=1, le=4096, description="Tokens generated per prompt at most.")
+    temperature: float = Field(0.7, gt=0, description="Sampled generations: softmax temperature.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Sampled generations: nucleus sampling mass.")
+    top_k: int = Field(50, ge=0, description="Sampled generations: keep the k likeliest tokens (0 = all).")
+    prompts: int = Field(200, ge=0, description="Held-out prompts generated greedily (exact match, ROUGE-L).")
+    sampled_prompts: int = Field(10, ge=0, description="Of those, how many also get a sampled generation.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generate() call.")
+    evaluate_base: bool = Field(True, description="Also measure the untrained model (validation loss and "
+                                                  "perplexity, test generations) to compare against.")
+    seed: int = Field(0, description="Seed of the sampled generations.")
+
+
+class GenerativeConfig(StrictModel):
+    """``task: sft | causal-lm | masked-lm``: columns, templating, packing, masking (docs/generative.md)."""
+
+    instruction_column: str = Field("instruction", description="sft: the instruction (alpaca style).")
+    input_column: str | None = Field("input", description="sft: optional extra input appended to the instruction.")
+    output_column: str = Field("output", description="sft: the reference response.")
+    messages_column: str | None = Field(None, description="sft: a column of chat lists [{role, content}, ...]; "
+                                                          "used instead of the three columns above.")
+    system_prompt: str | None = Field(None, description="sft: system message put before every conversation.")
+    chat_template: bool = Field(True, description="sft: render with the tokenizer's chat template; false: a "
+                                                  "plain '### Instruction / ### Response' prompt.")
+    packing: bool = Field(False, description="sft/causal-lm: pack several examples into each max_length row, "
+                                             "each attending only to itself.")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="masked-lm: share of tokens masked.")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+
+GENERATIVE_TASKS = ("sft", "causal-lm", "masked-lm")
 
 
 class Recipe(StrictModel):
@@ -139,10 +270,40 @@ class Recipe(StrictModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
     model: str = Field(description="Alias (see `tuneforge models`), local folder or hub id.")
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "multilabel", "image-classification", "sft", "causal-lm", "masked-lm"] = (
+        "classification")
     data: DataConfig
     method: SerializeAsAny[MethodConfig]
     train: TrainConfig = Field(default_factory=TrainConfig)
+    distill: DistillConfig | None = Field(None, description="Knowledge distillation from a teacher.")
+    multilabel: MultiLabelConfig | None = Field(None, description="task multilabel: loss weights, thresholds.")
+    image: ImageConfig | None = Field(None, description="task image-classification: train-split augmentation.")
+    generative: GenerativeConfig | None = Field(
+        None, description="task sft, causal-lm or masked-lm: columns, chat template, packing, generation.")
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _multitask_not_yet(cls, value: Any) -> Any:
+        if value == "multitask":  # issue 11's shared-encoder, several-heads task is not built
+            raise ValueError("task multitask is not supported yet; train one run per task (docs/recipes.md)")
+        return value
+
+    @model_validator(mode="after")
+    def _sections_match_task(self) -> "Recipe":
+        if self.multilabel is not None and self.task != "multilabel":
+            raise ValueError(f"the multilabel section needs `task: multilabel` (task is {self.task})")
+        if self.image is not None and self.task != "image-classification":
+            raise ValueError(f"the image section needs `task: image-classification` (task is {self.task})")
+        if self.task == "multilabel" and self.multilabel is None:
+            self.multilabel = MultiLabelConfig()
+        if self.task == "image-classification" and self.image is None:
+            self.image = ImageConfig()
+        if self.generative is not None and self.task not in GENERATIVE_TASKS:
+            raise ValueError(f"the generative section needs task sft, causal-lm or masked-lm (task is {self.task})")
+        if self.task in GENERATIVE_TASKS and self.generative is None:
+            self.generative = GenerativeConfig()
+        return self
+    export: ExportConfig = Field(default_factory=ExportConfig)
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """The fully resolved recipe as plain YAML-able data (paths as strings)."""
@@ -211,6 +372,8 @@ def apply_override(raw: dict[str, Any], item: str) -> tuple[str, ...]:
         node = node[part]
     if keys in PATH_KEYS and isinstance(value, str):
         value = str(Path(value).expanduser().resolve())
+    elif keys in FOLDER_OR_NAME_KEYS and isinstance(value, str) and Path(value).expanduser().is_dir():
+        value = str(Path(value).expanduser().resolve())
     node[keys[-1]] = value
     return keys
 
@@ -223,6 +386,14 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         if isinstance(node, dict) and isinstance(node.get(keys[-1]), str):
             value = Path(node[keys[-1]]).expanduser()
             node[keys[-1]] = str(value if value.is_absolute() else (base / value).resolve())
+    for keys in FOLDER_OR_NAME_KEYS:
+        node = raw
+        for part in keys[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str):
+            value = Path(node[keys[-1]]).expanduser()
+            if not value.is_absolute() and (base / value).is_dir():
+                node[keys[-1]] = str((base / value).resolve())
 
 
 def validate_recipe(raw: dict[str, Any], source: Path | str = "recipe",

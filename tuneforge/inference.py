@@ -15,8 +15,11 @@ from tuneforge.data.batching import EncodedSplit, iterate_batches, sorted_batche
 def predict_probabilities(model: nn.Module, encoded: EncodedSplit, batch_size: int, pad_token_id: int,
                           device: torch.device, loss_fn: nn.Module | None = None,
                           autocast_dtype: torch.dtype | None = None,
-                          before_batch: Callable[[list[int]], None] | None = None) -> tuple[np.ndarray, float | None]:
+                          before_batch: Callable[[list[int]], None] | None = None,
+                          activation: str = "softmax") -> tuple[np.ndarray, float | None]:
     """Softmax probabilities in the original order, and the mean loss if ``loss_fn`` is given.
+
+    ``activation="sigmoid"``: one independent probability per label (task multilabel).
 
     ``before_batch(indices)`` is called before each forward pass (the activation cache selects rows with it).
     """
@@ -36,7 +39,8 @@ def predict_probabilities(model: nn.Module, encoded: EncodedSplit, batch_size: i
         if loss_fn is not None:
             total_loss += float(loss_fn(logits, labels)) * len(indices)
             total_count += len(indices)
-        chunks.append((indices, torch.softmax(logits, dim=-1).cpu().numpy()))
+        scores = torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, dim=-1)
+        chunks.append((indices, scores.cpu().numpy()))
     if chunks:
         probabilities = np.zeros((len(encoded), chunks[0][1].shape[1]), dtype=np.float32)
         for indices, values in chunks:

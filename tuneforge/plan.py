@@ -19,7 +19,8 @@ steps are thrown away, nothing is saved. From that:
   The runtime is this process's resident memory once libraries and data are in, before any model (on a GPU,
   a typical CUDA context instead: not measured here);
 - **time per epoch**: the timed steps (after a warm-up) times the number of batches, plus the validation
-  pass (one eval batch timed). With ``--gpu`` the time is a FLOP count over the GPU's published bf16
+  pass (one eval batch timed); with the activation cache, only the part of each step above the cached
+  blocks, plus the one-off pass through them spread over the epochs. With ``--gpu`` the time is a FLOP count over the GPU's published bf16
   throughput at an assumed utilisation — an estimate, never measured here.
 
 The recommendation takes the most accurate method (the tiers of :data:`QUALITY`) whose peak fits the memory
@@ -371,6 +372,17 @@ def estimate_method(recipe, name: str, batches_file: Path, runtime_bytes: int, c
         load=probe["load_bytes"], activation_cache=cache)
     estimate.step_seconds, estimate.forward_seconds = probe["step_seconds"], probe["forward_seconds"]
     estimate.epoch_seconds = probe["batches_per_epoch"] * probe["step_seconds"] + probe["eval_seconds"]
+    depth, layers = probe["frozen_prefix_depth"], probe["num_layers"]
+    if recipe.train.activation_cache and depth and layers:
+        # With the activation cache the frozen bottom runs once for the whole run, not every step: each step
+        # keeps its backward (only the layers above train) and the share of the forward above the cached
+        # blocks (blocks take about equal time). The one-off pass is spread over the recipe's epochs.
+        above = (layers - depth) / layers
+        backward = probe["step_seconds"] - probe["forward_seconds"]
+        cached_step = backward + probe["forward_seconds"] * above
+        one_off = (probe["batches_per_epoch"] * probe["forward_seconds"] + probe["eval_seconds"]) * (1 - above)
+        estimate.epoch_seconds = (probe["batches_per_epoch"] * cached_step + probe["eval_seconds"] * above
+                                  + one_off / recipe.train.epochs)
     # gradient checkpointing recomputes each block's forward once during backward
     estimate.epoch_seconds_checkpointed = estimate.epoch_seconds + (
         probe["batches_per_epoch"] * probe["forward_seconds"] if estimate.gradients_through_body else 0.0)
@@ -479,6 +491,7 @@ def probe(raw: dict, batches_file: Path) -> dict:
         "saved_bytes": saved, "saved_bytes_checkpointed": min(checkpointed, saved),
         "gradients_through_body": saved > outside, "supports_checkpointing": supports_checkpointing,
         "frozen_prefix_depth": method.frozen_prefix_depth(len(blocks), recipe.train.epochs),
+        "num_layers": len(blocks),
         "hidden_size": int(getattr(config, "hidden_size", 0) or 0),
         "step_seconds": sum(step_times) / max(len(step_times), 1),
         "forward_seconds": sum(forward_times) / max(len(forward_times), 1),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,10 @@ class Predictor:
         if not model_dir.is_dir():
             raise UserError(f"{self.run_dir}: has no trained model (model/ is missing; did the run finish? "
                             "see run.json)")
+        from tuneforge.train.checkpoint import refuse_pickle_weights
+
+        for folder in (model_dir, self.run_dir / "adapter"):  # pickled weights can run code when loaded
+            refuse_pickle_weights(folder, allow_pickle=os.environ.get("TUNEFORGE_ALLOW_PICKLE") == "1")
         self.label_names: list[str] = json.loads((self.run_dir / "labels.json").read_text(encoding="utf-8"))
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = method_spec(self.recipe.method.name).load(self.run_dir, self.recipe.method).eval()

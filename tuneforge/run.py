@@ -65,6 +65,9 @@ class RunStatus:
         self.data.update(status=status, finished=datetime.now().isoformat(timespec="seconds"),
                          minutes=round((time.time() - self.started) / 60, 2), **facts)
         self._write()
+        from tuneforge.manifest import finish_manifest
+
+        finish_manifest(self.path.parent, status)
 
     def _write(self) -> None:
         write_json_atomic(self.path, self.data)

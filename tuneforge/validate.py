@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import Recipe, load_recipe
-from tuneforge.data.examples import ClassificationData, load_classification_data
+from tuneforge.data.examples import ClassificationData
 from tuneforge.errors import UserError
 from tuneforge.models import load_model_config
+from tuneforge.tasks import task_for
 from tuneforge.train.runtime import resolve_precision
 
 
@@ -28,9 +29,20 @@ def validate_job(recipe_path: str | Path, overrides: list[str] | None = None) ->
     recipe = load_recipe(recipe_path, overrides)
     import torch
 
+    from tuneforge.config import GENERATIVE_TASKS
+
+    if recipe.task in GENERATIVE_TASKS:  # `train` and `validate` hand these to tuneforge.train.generative
+        raise UserError(f"task {recipe.task}: this command is not supported yet for generative tasks; "
+                        "`tuneforge validate`, `train` and `generate` are (docs/generative.md)")
     resolve_precision(recipe.train.precision, torch.cuda.is_available())
-    data = load_classification_data(recipe.data, recipe.train.seed, model=recipe.model)
+    task = task_for(recipe.task)
+    data = task.load_data(recipe)  # [task] texts, multi-label rows or images, all checked
     model_config = load_model_config(recipe.model)
+    task.check_model_config(recipe, model_config)
+    if recipe.distill is not None:  # the teacher's labels and the student's layers, without loading weights
+        from tuneforge.train.distill import check_teacher
+
+        check_teacher(recipe, data, model_config)
     layers = getattr(model_config, "num_hidden_layers", None)
     top = getattr(recipe.method, "unfreeze_top_layers", None)
     if layers is not None and top is not None and top > layers:

@@ -93,6 +93,8 @@ def collate(encoded: EncodedSplit, indices: list[int], pad_token_id: int) -> dic
 
 
 def iterate_batches(encoded: EncodedSplit, batches: list[list[int]], pad_token_id: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield padded tensors for each list of indices."""
+    """Yield padded tensors for each list of indices (a split with its own ``collate``, such as images, makes
+    its batches itself)."""
+    own_collate = getattr(encoded, "collate", None)
     for indices in batches:
-        yield collate(encoded, indices, pad_token_id)
+        yield own_collate(indices) if own_collate is not None else collate(encoded, indices, pad_token_id)

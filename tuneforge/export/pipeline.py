@@ -27,6 +27,7 @@ from tuneforge.export.parity import MIN_AGREEMENT, ParityError, check_parity, fa
 from tuneforge.export.runtime import (FORMATS, MODEL_FILES, REPORT_NAME, OnnxBackend, TextClassifier,
                                       TorchScriptBackend, check_run_task, cpu_threads, load_classifier,
                                       unsupported_task)
+from tuneforge.integrity import IntegrityError, export_failure_message, gate_export
 from tuneforge.run import write_json_atomic
 
 QUANTIZATIONS = ("int8",)
@@ -135,10 +136,21 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
         report["parity"] = {"reference": "the run's PyTorch fp32 model (model/)", "rows": source, **parity}
         log(f"parity: agreement {parity['agreement']:.2%} on {parity['n_examples']} rows, max |Δlogit| "
             f"{parity['max_abs_logit_diff']:.3g}")
+        # The integrity gate (docs/trust.md): labelled validation rows, collapse and accuracy-drop checks.
+        gate_rows = labelled_validation_rows(recipe, label_names, parity_rows) if data_file is None else None
+        gate = gate_export(reference, candidate, *(gate_rows or (texts, pairs, None)), out, quantized=bool(quantize),
+                           max_metric_drop=recipe.export.max_metric_drop, run_dir=run_dir,
+                           key=f"export:{out.name}" if out.parent == run_dir / "export" else f"export:{out}")
+        report["integrity"] = {k: v for k, v in gate["probe"].items()}
         if not parity["passed"]:
             report["status"] = "failed"
             _write_report(out, report)
-            raise ParityError(failure_message(parity, out / REPORT_NAME))
+            also = f" The integrity gate also failed: {'; '.join(gate['probe']['problems'])}." if not gate["passed"] else ""
+            raise ParityError(failure_message(parity, out / REPORT_NAME) + "." + also)
+        if not gate["passed"]:
+            report["status"] = "failed"
+            _write_report(out, report)
+            raise IntegrityError(export_failure_message(gate, out, run_dir))
 
         if measure:
             variants = {"pytorch fp32": reference}
@@ -155,7 +167,7 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
         report["seconds"] = round(time.time() - started, 1)
         _write_report(out, report)
         return out, report
-    except ParityError:
+    except (ParityError, IntegrityError):
         raise  # the folder stays, with its failed report, for inspection (serve refuses it)
     except BaseException:
         if created:  # a crashed export leaves nothing behind that looks like an export
@@ -208,6 +220,29 @@ def load_parity_rows(recipe, data_file: str | Path | None, limit: int) -> tuple[
         pairs = [pairs[i] for i in pick] if pairs is not None else None
         description += f", {limit} sampled rows"
     return texts, pairs, description
+
+
+def labelled_validation_rows(recipe, label_names: list[str], limit: int):
+    """(texts, pairs, label indices in ``label_names``) of the run's validation split, sampled as
+    :func:`load_parity_rows` samples it; None when the validation data cannot be read (the gate then checks
+    predictions only)."""
+    from tuneforge.data.examples import load_classification_data
+
+    try:
+        data = load_classification_data(recipe.data, recipe.train.seed)
+    except UserError:
+        return None
+    if not set(data.label_names) <= set(label_names):
+        return None
+    run_index = {name: i for i, name in enumerate(label_names)}
+    validation = data.validation
+    labels = np.array([run_index[data.label_names[i]] for i in validation.labels])
+    texts, pairs = list(validation.texts), validation.text_pairs
+    if len(texts) > limit:
+        pick = sorted(np.random.default_rng(0).choice(len(texts), limit, replace=False).tolist())
+        texts, labels = [texts[i] for i in pick], labels[pick]
+        pairs = [pairs[i] for i in pick] if pairs is not None else None
+    return texts, pairs, labels
 
 
 def example_batch(reference: TextClassifier, texts: list[str], pairs: list[str] | None) -> dict[str, np.ndarray]:

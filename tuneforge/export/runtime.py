@@ -233,6 +233,10 @@ def _load_export(export_dir: Path, threads: int | None, require_parity: bool) ->
             raise UserError(f"{export_dir}: this export never finished its parity check; re-export the run")
         raise UserError(f"{export_dir}: this export failed its parity check (agreement {parity['agreement']:.2%}, "
                         f"needed {parity['min_agreement']:.0%}); it is kept for inspection only: re-export the run")
+    integrity = report.get("integrity") or {}
+    if require_parity and integrity.get("passed") is False:
+        raise UserError(f"{export_dir}: this export failed its integrity gate ({'; '.join(integrity['problems'])}); "
+                        "it is kept for inspection only: re-export the run (docs/trust.md)")
     fmt, quantize = report["format"], report.get("quantize")
     model_file = export_dir / report["model_file"]
     if not model_file.is_file():

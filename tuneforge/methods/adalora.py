@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 from torch import nn
 
-from tuneforge.methods.peft_method import MergeableConfig, PeftMethod
+from tuneforge.methods.peft_method import MergeableConfig, PeftMethod, peft_task_type
 from tuneforge.methods.registry import register
 
 # A placeholder step count until the loop tells the real one (PEFT wants one at construction).
@@ -53,11 +53,11 @@ class AdaLora(PeftMethod):
     default_learning_rate = 1e-3
 
     def peft_config(self, model: nn.Module) -> Any:
-        from peft import AdaLoraConfig, TaskType
+        from peft import AdaLoraConfig
 
         config = self.config
         return AdaLoraConfig(
-            task_type=TaskType.SEQ_CLS, init_r=config.init_r, target_r=config.target_r,
+            task_type=peft_task_type(model), init_r=config.init_r, target_r=config.target_r,
             lora_alpha=config.alpha, lora_dropout=config.dropout, deltaT=config.delta_t,
             total_step=_UNKNOWN_TOTAL_STEPS, tinit=0, tfinal=0, orth_reg_weight=0.0,
             target_modules=None if config.target_modules == "auto" else config.target_modules,

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 from torch import nn
 
-from tuneforge.methods.peft_method import MergeableConfig, PeftMethod
+from tuneforge.methods.peft_method import MergeableConfig, PeftMethod, peft_task_type
 from tuneforge.methods.registry import register
 
 
@@ -32,7 +32,7 @@ class Ia3(PeftMethod):
     default_learning_rate = 3e-3
 
     def peft_config(self, model: nn.Module) -> Any:
-        from peft import IA3Config, TaskType
+        from peft import IA3Config
         from tuneforge.errors import UserError
 
         config = self.config
@@ -40,7 +40,7 @@ class Ia3(PeftMethod):
             raise UserError("method.target_modules and method.feedforward_modules: set both or neither "
                             "(feedforward_modules must be a subset of target_modules)")
         return IA3Config(
-            task_type=TaskType.SEQ_CLS,
+            task_type=peft_task_type(model),
             target_modules=None if config.target_modules == "auto" else config.target_modules,
             feedforward_modules=None if config.feedforward_modules == "auto" else config.feedforward_modules,
         )

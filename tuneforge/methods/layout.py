@@ -37,10 +37,10 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     Wrapper names (``.base_layer.``, ``.original_module.``) are undone and any module the method added
     (LoRA matrices, adapters, prefixes) is left out. Raises if a weight of the plain model is not found.
     """
-    from transformers import AutoModelForSequenceClassification
-
     with torch.device("meta"):
-        fresh = AutoModelForSequenceClassification.from_config(model.config)
+        # The model's own class (a classifier, a causal or masked LM): methods keep it (PEFT's base model,
+        # our injected modules), so its freshly built twin has exactly the plain names.
+        fresh = type(model)(model.config)
     expected = set(fresh.state_dict())
     plain: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
@@ -75,12 +75,27 @@ def save_base(model: nn.Module, folder: Path) -> None:
         state[key] = value.clone() if pointer in seen else value  # safetensors refuses shared storage
         seen.add(pointer)
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    model.config.save_pretrained(folder)
+    config = model.config.__class__.from_dict(model.config.to_dict())
+    config.architectures = [type(model).__name__]  # load_base picks the model class from it
+    config.save_pretrained(folder)
+
+
+def auto_class_for(config) -> type:
+    """The transformers Auto class that rebuilds a model of ``config.architectures`` (a causal or masked LM);
+    a classifier otherwise (base models saved before the architectures were recorded are classifiers)."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    architectures = getattr(config, "architectures", None) or []
+    if any(name.endswith("ForCausalLM") for name in architectures):
+        return AutoModelForCausalLM
+    if any(name.endswith("ForMaskedLM") for name in architectures):
+        return AutoModelForMaskedLM
+    return AutoModelForSequenceClassification
 
 
 def load_base(run_dir: Path) -> nn.Module:
     """The plain base model of a non-merged run (eval mode)."""
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     from tuneforge.errors import UserError
@@ -92,7 +107,7 @@ def load_base(run_dir: Path) -> nn.Module:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        return auto_class_for(AutoConfig.from_pretrained(folder)).from_pretrained(folder).eval()
     finally:
         hf_logging.set_verbosity(verbosity)
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 from torch import nn
 
-from tuneforge.methods.peft_method import MergeableConfig, PeftMethod
+from tuneforge.methods.peft_method import MergeableConfig, PeftMethod, peft_task_type
 from tuneforge.methods.registry import register
 
 
@@ -36,11 +36,11 @@ class Lora(PeftMethod):
     use_dora: ClassVar[bool] = False
 
     def peft_config(self, model: nn.Module) -> Any:
-        from peft import LoraConfig, TaskType
+        from peft import LoraConfig
 
         config = self.config
         return LoraConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=peft_task_type(model),
             r=config.r,
             lora_alpha=config.alpha,
             lora_dropout=config.dropout,

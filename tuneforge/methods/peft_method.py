@@ -19,6 +19,38 @@ from tuneforge.methods.layout import ADAPTER_DIR, BASE_DIR, has_plain_model, loa
 from tuneforge.methods.registry import Method, MethodConfig
 
 
+def peft_task_type(model: nn.Module) -> Any:
+    """PEFT's task type for ``model``'s head: a causal LM gets CAUSAL_LM (prompt tuning then pads the labels
+    for its virtual tokens and generation works), a classifier SEQ_CLS (its head trains and is saved), any
+    other model (a masked LM) None, PEFT's plain wrapper."""
+    from peft import TaskType
+
+    kind = type(model).__name__
+    if kind.endswith("ForCausalLM"):
+        return TaskType.CAUSAL_LM
+    if kind.endswith("ForMaskedLM"):
+        return None
+    return TaskType.SEQ_CLS
+
+
+def unsupported_model_error(method: str, model: nn.Module, error: ValueError):
+    """A UserError for PEFT's "Please specify ..." errors: the method is not supported yet for this model type."""
+    from tuneforge.errors import UserError
+
+    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    message = str(error)
+    if "target_modules" in message:
+        names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                        if isinstance(module, nn.Linear) and "classifier" not in name and "score" not in name})
+        return UserError(f"method {method}: not supported yet for {model_type} models with target_modules: auto "
+                         f"(PEFT has no default target modules for them); set method.target_modules to the layers to "
+                         f"adapt; this model's linear layers are named: {', '.join(names)}")
+    if "token_dim" in message or "num_attention_heads" in message or "num_layers" in message:
+        return UserError(f"method {method}: not supported yet for {model_type} models (PEFT cannot read the hidden "
+                         f"size / layer count from their config: {message}); use lora or adapter instead")
+    return error
+
+
 class MergeableConfig(MethodConfig):
     """Keys of a method whose trained update can be folded into the base weights."""
 
@@ -38,7 +70,12 @@ class PeftMethod(Method):
     def prepare(self, model: nn.Module) -> nn.Module:
         from peft import get_peft_model
 
-        return get_peft_model(model, self.peft_config(model))
+        try:
+            return get_peft_model(model, self.peft_config(model))
+        except ValueError as error:
+            # PEFT knows default target modules (and the hidden size for virtual tokens) only for the model
+            # types it lists; for the others (e.g. DistilBERT) it raises a bare ValueError. Say what to do.
+            raise unsupported_model_error(self.config.name, model, error) from None
 
     @property
     def merges(self) -> bool:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from torch import nn
 
-from tuneforge.methods.peft_method import PeftMethod
+from tuneforge.methods.peft_method import PeftMethod, peft_task_type
 from tuneforge.methods.registry import MethodConfig, register
 
 
@@ -38,12 +38,12 @@ class PromptTuning(PeftMethod):
     default_learning_rate = 1e-2
 
     def peft_config(self, model: nn.Module) -> Any:
-        from peft import PromptTuningConfig, PromptTuningInit, TaskType
+        from peft import PromptTuningConfig, PromptTuningInit
 
         config = self.config
         text = config.init == "text"
         return PromptTuningConfig(
-            task_type=TaskType.SEQ_CLS, num_virtual_tokens=config.num_virtual_tokens,
+            task_type=peft_task_type(model), num_virtual_tokens=config.num_virtual_tokens,
             prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
             prompt_tuning_init_text=config.init_text if text else None,
             tokenizer_name_or_path=model.config._name_or_path if text else None,

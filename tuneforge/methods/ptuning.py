@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field
 from torch import nn
 
-from tuneforge.methods.peft_method import PeftMethod
+from tuneforge.methods.peft_method import PeftMethod, peft_task_type
 from tuneforge.methods.registry import MethodConfig, register
 
 
@@ -30,11 +30,11 @@ class Ptuning(PeftMethod):
     default_learning_rate = 3e-3
 
     def peft_config(self, model: nn.Module) -> Any:
-        from peft import PromptEncoderConfig, PromptEncoderReparameterizationType, TaskType
+        from peft import PromptEncoderConfig, PromptEncoderReparameterizationType
 
         config = self.config
         return PromptEncoderConfig(
-            task_type=TaskType.SEQ_CLS, num_virtual_tokens=config.num_virtual_tokens,
+            task_type=peft_task_type(model), num_virtual_tokens=config.num_virtual_tokens,
             encoder_reparameterization_type=(PromptEncoderReparameterizationType.MLP if config.encoder == "mlp"
                                              else PromptEncoderReparameterizationType.LSTM),
             encoder_hidden_size=config.encoder_hidden_size,

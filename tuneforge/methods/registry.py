@@ -72,12 +72,12 @@ class Method:
 
         Methods that cannot be merged into a plain model override this to rebuild base + adapter.
         """
-        from transformers import AutoModelForSequenceClassification
+        from tuneforge.tasks.image import model_class_for
 
         model_dir = Path(run_dir) / "model"
         if not (model_dir / "config.json").is_file():
             raise UserError(f"{run_dir}: has no trained model (model/ is missing; did the run finish? see run.json)")
-        return AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        return model_class_for(model_dir).from_pretrained(model_dir).eval()  # a text or an image classifier
 
 
 _REGISTRY: dict[str, type[Method]] = {}

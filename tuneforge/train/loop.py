@@ -5,7 +5,13 @@ schedules, discriminative and layer-wise learning rates, gradient accumulation
 (effective batch = batch_size x grad_accum_steps), gradient clipping, fp32/bf16/fp16 (GradScaler on
 CUDA), gradient checkpointing, class weights, early stopping on a validation metric (the best epoch's
 weights are the ones saved), a tqdm bar per epoch, ``metrics.jsonl`` every ``log_every_steps`` and
-every epoch.
+every epoch (also to TensorBoard / MLflow with ``report_to``).
+
+Fault tolerance (:mod:`tuneforge.train.checkpoint`): a checkpoint every ``checkpoint_every_steps`` optimizer
+steps and every epoch, from which ``resume_from`` continues exactly (same batches, RNG, optimizer,
+schedule, early stopping); a NaN/inf loss skips its step (``max_bad_steps``); Ctrl-C checkpoints and stops.
+Under ``accelerate launch`` (:mod:`tuneforge.train.distributed`) each process trains on its share of every
+batch through DDP and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +34,16 @@ from tqdm.auto import tqdm
 from tuneforge.anatomy import describe, frozen_blocks_to_eval
 from tuneforge.config import Recipe
 from tuneforge.data.batching import EncodedSplit, iterate_batches, length_grouped_batches, shuffled_batches
-from tuneforge.data.encode_cache import encode_split_cached
 from tuneforge.data.examples import ClassificationData
-from tuneforge.evaluate import classification_metrics
-from tuneforge.inference import predict_probabilities
 from tuneforge.methods import Method, build_method
 from tuneforge.models import resolve_model
-from tuneforge.run import append_jsonl
 from tuneforge.train.activation_cache import CachedPrefix, build_cache
+from tuneforge.train.checkpoint import (BadStepGuard, Checkpointer, LoopState, StopRequest, TrainingInterrupted,
+                                        check_free_disk, restore, truncate_metrics)
+from tuneforge.train.distributed import distributed
+from tuneforge.train.tracking import MetricsLog
+from tuneforge.tasks import task_for
+from tuneforge.train.distill import Distiller, shrink_student
 from tuneforge.train.optim import build_optimizer, build_scheduler
 from tuneforge.train.runtime import Runtime, setup_runtime
 
@@ -104,14 +113,26 @@ def class_weight_tensor(recipe: Recipe, data: ClassificationData) -> torch.Tenso
     return torch.tensor([float(setting.get(name, 1.0)) for name in data.label_names], dtype=torch.float32)
 
 
-def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print) -> TrainResult:
-    """Fine-tune the recipe's model on ``data`` and save it into ``run_dir``."""
+def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
+          on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None, resume_from: Path | None = None,
+          stop: StopRequest | None = None) -> TrainResult:
+    """Fine-tune the recipe's model on ``data`` and save it into ``run_dir``.
+
+    ``resume_from``: a checkpoint folder (:mod:`tuneforge.train.checkpoint`) to continue from exactly.
+    ``stop``: an installed Ctrl-C handler; when it fires the loop checkpoints and raises TrainingInterrupted.
+
+    ``on_epoch_end(epoch, validation_metrics)`` (1-based epoch) runs after each validation; an exception it
+    raises ends training there (``tuneforge search`` prunes trials this way)."""
     config = recipe.train
     runtime = setup_runtime(config)
-    device = runtime.device
+    dist = distributed()  # under `accelerate launch`: this process's rank; else a single process
+    device = dist.device(runtime.device)
 
     # --- model, method, data -------------------------------------------------------------------------
-    tokenizer, model = load_classifier(recipe, data.label_names)
+    task = task_for(recipe.task)  # [task] what differs between classification, multilabel and images
+    tokenizer, model = task.load_model(recipe, data.label_names)  # [task] model + tokenizer / image processor
+    if recipe.distill is not None:  # distill.student_layers: a shallower copy of the model is the student
+        model = shrink_student(model, recipe.distill.student_layers)
     method: Method = build_method(recipe.method)
     model = method.prepare(model)
     if config.gradient_checkpointing:
@@ -120,22 +141,26 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print) ->
     trainable, total = count_parameters(model)
     log(f"model {recipe.model}: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%) "
         f"with method '{recipe.method.name}'; device {device.type}, {runtime.precision_name}, {runtime.threads} threads")
+    if dist.is_main and config.keep_checkpoints:
+        check_free_disk(run_dir, trainable, total, config.keep_checkpoints)
 
-    train_set = encode_split_cached(tokenizer, data.train, recipe.data.max_length)
-    validation_set = encode_split_cached(tokenizer, data.validation, recipe.data.max_length)
+    train_set = task.encode(tokenizer, data.train, recipe, training=True)  # [task] tokens, or images (augmented)
+    validation_set = task.encode(tokenizer, data.validation, recipe, training=False)
     pad_id = tokenizer.pad_token_id
     eval_batch_size = config.eval_batch_size or 2 * config.batch_size
 
     # --- frozen-prefix activation cache: the frozen bottom of the model runs once, not every epoch ------
     cache_context = ExitStack()
     prefix, train_cache, validation_cache = None, None, None
-    depth = method.frozen_prefix_depth(describe(model).num_layers, config.epochs) if config.activation_cache else 0
+    depth = method.frozen_prefix_depth(describe(model).num_layers, config.epochs) if (
+        config.activation_cache and task.supports_activation_cache) else 0
     if depth:
         started = time.perf_counter()
         frozen_blocks_to_eval(model)
-        train_cache = build_cache(model, depth, train_set, eval_batch_size, pad_id, device, run_dir / "cache", "train")
+        cache_dir = run_dir / "cache" / (f"rank-{dist.rank}" if dist.enabled else "")
+        train_cache = build_cache(model, depth, train_set, eval_batch_size, pad_id, device, cache_dir, "train")
         validation_cache = build_cache(model, depth, validation_set, eval_batch_size, pad_id, device,
-                                       run_dir / "cache", "validation")
+                                       cache_dir, "validation")
         prefix = CachedPrefix(model, depth)
         cache_context.enter_context(prefix.active(train_cache.returns_tuple))
         log(f"activation cache: embeddings + bottom {depth} layer(s) computed once for "
@@ -145,11 +170,12 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print) ->
 
     # --- optimisation --------------------------------------------------------------------------------
     optimizer = build_optimizer(model, method.optimizer_parameters(model), config)
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / config.batch_size) / config.grad_accum_steps)
+    global_batch_size = config.batch_size * dist.world_size  # each process trains on its share of a batch
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / global_batch_size) / config.grad_accum_steps)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch * config.epochs)
-    weights = class_weight_tensor(recipe, data)
-    loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
-    eval_loss_fn = nn.CrossEntropyLoss()
+    loss_fn, eval_loss_fn = task.loss_functions(recipe, data, device)  # [task] cross-entropy, or BCE (multilabel)
+    # distill: the teacher's logits for the train split, computed once (or read from the cache), not every epoch
+    distiller = Distiller.for_run(recipe, data, run_dir, device, log) if recipe.distill is not None else None
     scaler = torch.amp.GradScaler(device.type) if runtime.use_grad_scaler else None
     batch_order = random.Random(config.seed)
 
@@ -162,30 +188,80 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print) ->
     deadline = time.perf_counter() + 60 * config.time_budget_minutes if config.time_budget_minutes else None
     out_of_time = False
 
-    for epoch in range(config.epochs):
+    # --- fault tolerance and tracking: checkpoints, resume, non-finite losses, Ctrl-C, TensorBoard/MLflow -----
+    train_model = dist.wrap(model)  # DistributedDataParallel under `accelerate launch`, else the model itself
+    metrics_log = MetricsLog(run_dir, config.report_to, params=config.model_dump(mode="json"), enabled=dist.is_main)
+    checkpoints = Checkpointer(run_dir, config.keep_checkpoints, enabled=dist.is_main)
+    bad_steps = BadStepGuard(config.max_bad_steps, log)
+    stop = stop or StopRequest(log)
+    position = LoopState()  # where the loop starts: the beginning, or a checkpoint's position
+    if resume_from is not None:
+        restored = restore(resume_from, dict(method.optimizer_parameters(model)), optimizer, scheduler, scaler)
+        position, best_state = restored.loop, restored.best_state
+        best_score, best_epoch, best_metrics = position.best_score, position.best_epoch, position.best_metrics
+        epochs_without_improvement, optimizer_step = position.epochs_without_improvement, position.optimizer_step
+        bad_steps.count = position.bad_steps
+        if dist.is_main:
+            truncate_metrics(metrics_path, position.metrics_bytes)
+        log(f"resumed from {resume_from.name}: epoch {position.epoch + 1}, {position.batches_done} batch(es) done, "
+            f"optimizer step {optimizer_step}")
+
+    def save_checkpoint(next_epoch: int, batches_done: int, epoch_order_state: Any) -> Path | None:
+        """Checkpoint the position "``batches_done`` batches into ``next_epoch``" (rank 0 only)."""
+        state = LoopState(next_epoch, batches_done, optimizer_step, epoch_order_state, best_score, best_epoch,
+                          best_metrics, epochs_without_improvement, bad_steps.count, running_loss, running_count,
+                          metrics_path.stat().st_size if metrics_path.exists() else 0)
+        return checkpoints.save(state, dict(method.optimizer_parameters(model)), optimizer, scheduler, scaler,
+                                best_state)
+
+    for epoch in range(position.epoch, config.epochs):
         model.train()
         message = method.on_epoch_start(model, epoch)
         if message:
             log(message)
         frozen_blocks_to_eval(model)
-        batches = (length_grouped_batches(train_set.lengths, config.batch_size, batch_order)
-                   if config.group_by_length else shuffled_batches(len(train_set), config.batch_size, batch_order))
-        progress = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+        dist.check_trainable_unchanged(model)
+        resuming_this_epoch = epoch == position.epoch and position.epoch_batch_order_state is not None
+        if resuming_this_epoch:  # draw the same batches as the interrupted run did, then skip those done
+            batch_order.setstate(position.epoch_batch_order_state)
+        epoch_order_state = batch_order.getstate()
+        batches = (length_grouped_batches(train_set.lengths, global_batch_size, batch_order)
+                   if config.group_by_length else shuffled_batches(len(train_set), global_batch_size, batch_order))
+        batches, loss_weights = dist.shard(batches)  # this process's share of each batch (all of it, alone)
+        first_batch = position.batches_done if resuming_this_epoch else 0
+        progress = tqdm(batches[first_batch:], desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+                        initial=first_batch, total=len(batches),
                         dynamic_ncols=True, disable=None)  # None: a bar on a terminal, none in a log file
         epoch_start, seen, running_loss, running_count = time.perf_counter(), 0, 0.0, 0
-        for batch_index, (indices, batch) in enumerate(zip(progress, iterate_batches(train_set, batches, pad_id))):
+        if first_batch:
+            running_loss, running_count = position.running_loss, position.running_count
+        window_finite = True  # False once a batch of this accumulation window had a NaN/inf loss
+        for batch_index, (indices, batch) in enumerate(
+                zip(progress, iterate_batches(train_set, batches[first_batch:], pad_id)), start=first_batch):
             labels = batch.pop("labels").to(device)
             inputs = {key: value.to(device) for key, value in batch.items()}
             if prefix:
                 prefix.select(train_cache, indices)
             with torch.autocast(device.type, dtype=runtime.autocast_dtype, enabled=runtime.autocast_dtype is not None):
-                logits = model(**inputs).logits
+                logits = train_model(**inputs).logits
             loss = loss_fn(logits.float(), labels)
-            scaled = loss / config.grad_accum_steps
-            (scaler.scale(scaled) if scaler else scaled).backward()
+            if distiller is not None:  # (1 - alpha) * CE + alpha * T^2 * KL(teacher || student)
+                loss = distiller.loss(logits.float(), loss, indices)
+            finite = dist.all_true(bool(torch.isfinite(loss)))  # all processes skip together (DDP syncs backward)
+            if finite:
+                scaled = loss * (loss_weights[batch_index] if loss_weights else 1.0) / config.grad_accum_steps
+                (scaler.scale(scaled) if scaler else scaled).backward()
+            else:
+                bad_steps.record(loss, optimizer_step, checkpoints.last_saved, run_dir)  # raises past max_bad_steps
+                window_finite = False
 
             is_last = batch_index == len(batches) - 1
-            if (batch_index + 1) % config.grad_accum_steps == 0 or is_last:
+            at_step_end = (batch_index + 1) % config.grad_accum_steps == 0 or is_last
+            took_step = at_step_end and window_finite
+            if at_step_end and not window_finite:  # skip the step: drop the window's gradients
+                optimizer.zero_grad(set_to_none=True)
+                window_finite = True
+            elif took_step:
                 if scaler:
                     scaler.unscale_(optimizer)
                 if config.max_grad_norm:
@@ -204,38 +280,46 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print) ->
                     out_of_time = True
 
             seen += len(indices)
-            running_loss += loss.item() * len(indices)
-            running_count += len(indices)
+            if finite:
+                running_loss += loss.item() * len(indices)
+                running_count += len(indices)
             samples_per_s = seen / max(time.perf_counter() - epoch_start, 1e-9)
             lr = scheduler.get_last_lr()[0]
             progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_s:.1f}")
             if optimizer_step and optimizer_step % config.log_every_steps == 0 and (
                     (batch_index + 1) % config.grad_accum_steps == 0 or is_last):
-                append_jsonl(metrics_path, {"step": optimizer_step, "epoch": epoch + (batch_index + 1) / len(batches),
-                                            "loss": running_loss / running_count, "lr": lr,
-                                            "samples_per_s": samples_per_s})
+                metrics_log.write({"step": optimizer_step, "epoch": epoch + (batch_index + 1) / len(batches),
+                                   "loss": running_loss / running_count if running_count else float("nan"), "lr": lr,
+                                   "samples_per_s": samples_per_s})
                 running_loss, running_count = 0.0, 0
+            stop_now = at_step_end and dist.any_true(stop.requested)  # Ctrl-C: checkpoint, then stop
+            every = config.checkpoint_every_steps
+            if took_step and (stop_now or (every and optimizer_step % every == 0)):
+                save_checkpoint(epoch, batch_index + 1, epoch_order_state)
+            if stop_now:
+                raise TrainingInterrupted(checkpoints.last_saved)
             if out_of_time:
                 break
         progress.close()
         train_seconds = time.perf_counter() - epoch_start
 
         # --- validation, early stopping ---------------------------------------------------------------
-        probabilities, validation_loss = predict_probabilities(
-            model, validation_set, eval_batch_size, pad_id, device, eval_loss_fn, runtime.autocast_dtype,
+        metrics = task.validation_metrics(  # [task] softmax metrics, or sigmoid ones (multilabel)
+            model, validation_set, data.label_names, eval_batch_size, pad_id, device, eval_loss_fn,
+            runtime.autocast_dtype,
             before_batch=(lambda batch_indices: prefix.select(validation_cache, batch_indices)) if prefix else None)
-        metrics = classification_metrics(np.array(validation_set.labels), probabilities, data.label_names,
-                                         per_class=False)
-        metrics["loss"] = validation_loss
+        validation_loss = metrics["loss"]
         record = {"step": optimizer_step, "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0],
                   "samples_per_s": seen / train_seconds, "train_seconds": train_seconds,
                   **{f"validation_{k}": v for k, v in metrics.items()}}
         if out_of_time:
             record["time_budget_reached"] = True
-        append_jsonl(metrics_path, record)
+        metrics_log.write(record)
         log(f"epoch {epoch + 1}/{config.epochs}: validation loss {validation_loss:.4f}, accuracy "
             f"{metrics['accuracy']:.4f}, f1_macro {metrics['f1_macro']:.4f} "
             f"({train_seconds:.0f}s, {record['samples_per_s']:.1f} samples/s)")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, metrics)
 
         score = metrics[stopping.metric] if stopping else -validation_loss
         higher_is_better = stopping.higher_is_better if stopping else True
@@ -255,8 +339,12 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print) ->
             log(f"time budget of {config.time_budget_minutes:g} min reached after {optimizer_step} optimizer steps "
                 f"(epoch {epoch + 1}); keeping epoch {best_epoch}")
             break
+        save_checkpoint(epoch + 1, 0, batch_order.getstate())  # the next epoch starts here
+        if dist.any_true(stop.requested):
+            raise TrainingInterrupted(checkpoints.last_saved)
 
     # --- keep the best epoch and save it -------------------------------------------------------------
+    metrics_log.close()
     cache_context.close()  # the model computes its full forward again from here on
     if best_state is not None:
         with torch.no_grad():
@@ -266,19 +354,31 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print) ->
     if config.gradient_checkpointing:
         model.gradient_checkpointing_disable()
     model.eval()
-    saved = save_model(method, model, tokenizer, run_dir, validation_set, pad_id, device)
+    dist.wait()
+    if not dist.is_main:  # rank 0 saves; the other processes' weights are the same
+        return TrainResult(model=model, tokenizer=tokenizer, runtime=runtime, best_epoch=best_epoch,
+                           best_metrics=best_metrics, trainable_params=trainable, total_params=total,
+                           stopped_early=stopped_early)
+    saved = save_model(method, model, tokenizer, run_dir, validation_set, pad_id, device,
+                       max_metric_drop=recipe.export.max_metric_drop)
+    checkpoints.remove_all(log)
     return TrainResult(model=saved, tokenizer=tokenizer, runtime=runtime, best_epoch=best_epoch,
                        best_metrics=best_metrics, trainable_params=trainable, total_params=total,
                        stopped_early=stopped_early)
 
 
 def save_model(method: Method, model: nn.Module, tokenizer, run_dir: Path, probe_set: EncodedSplit,
-               pad_id: int, device: torch.device) -> nn.Module:
-    """Save through the method, then check the saved-for-deployment module answers as the trained one did."""
-    probe = iterate_batches(probe_set, [list(range(min(len(probe_set), 32)))], pad_id)
-    batch = {key: value.to(device) for key, value in next(probe).items() if key != "labels"}
+               pad_id: int, device: torch.device, max_metric_drop: float = 0.01) -> nn.Module:
+    """Save through the method, then check the saved-for-deployment module answers as the trained one did,
+    and (the integrity gate, :mod:`tuneforge.integrity`) that the run read back from disk does too."""
+    from tuneforge.integrity import IntegrityError, gate_saved_run
+
+    probe = next(iterate_batches(probe_set, [list(range(min(len(probe_set), 32)))], pad_id))
+    probe_labels = probe.pop("labels").numpy()
+    batch = {key: value.to(device) for key, value in probe.items()}
     with torch.no_grad():
         before = model(**batch).logits.float()
+    trainable, total = count_parameters(model)  # before saving: a merge removes the adapter's parameters
     saved = method.save(model, run_dir)
     tokenizer.save_pretrained(run_dir / "model")
     with torch.no_grad():
@@ -288,6 +388,9 @@ def save_model(method: Method, model: nn.Module, tokenizer, run_dir: Path, probe
              "tolerance": MERGE_TOLERANCE, "passed": difference <= MERGE_TOLERANCE}
     (run_dir / "save_check.json").write_text(json.dumps(check, indent=2), encoding="utf-8")
     if not check["passed"]:
-        raise RuntimeError(f"the saved model's logits differ from the trained model's by {difference:.2e} "
-                           f"(> {MERGE_TOLERANCE}); see {run_dir / 'save_check.json'}")
+        kept = (f"; the unmerged adapter is kept in {run_dir / 'adapter'}" if (run_dir / "adapter").is_dir() else "")
+        raise IntegrityError(f"the saved (merged) model's logits differ from the trained model's by {difference:.2e} "
+                             f"(> {MERGE_TOLERANCE}){kept}; see {run_dir / 'save_check.json'}")
+    gate_saved_run(method, model, saved, {"trainable": trainable, "total": total}, run_dir, batch, probe_labels,
+                   before, max_metric_drop)
     return saved
