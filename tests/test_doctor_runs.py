@@ -40,6 +40,13 @@ def test_doctor_preflight_with_a_frozen_body_checks_frozen_tensors(tiny_job):
     assert "ok    frozen: none of the" in out
 
 
+def test_doctor_preflight_with_lora_counts_gradients_over_every_step(tiny_job):
+    # LoRA's B starts at zero, so A gets no gradient in the first backward; only a check over the steps passes.
+    code, out, _ = run_cli("doctor", str(tiny_job), "--set", "method.name=lora", "--steps", "3")
+    assert code == 0, out
+    assert "non-zero gradients in 3 backward pass(es)" in out and "ok    frozen: none of the" in out
+
+
 def test_doctor_warns_about_bf16_on_a_cpu_without_native_bf16(tiny_job, monkeypatch):
     monkeypatch.setattr(doctor, "cpu_flags", lambda cpuinfo=None: {"avx2", "fma"})
     code, out, _ = run_cli("doctor", str(tiny_job), "--set", "train.precision=bf16", "--steps", "3")

@@ -5,7 +5,9 @@ speed measured here, the GPU and its compute capability, free disk where runs ar
 the recipe's full validation, known-bad combinations for this machine (bf16 on a CPU without native bf16,
 fp16 without a GPU), and a preflight — a few optimizer steps on a tiny batch of the recipe's own data, with
 its model and method — checking that the loss is finite and falls, that every trainable parameter gets a
-non-zero gradient and that no frozen one gets any. Each failure says the fix; any failure exits 1.
+non-zero gradient and that no frozen one gets any. Generative recipes (sft, causal-lm) get the same
+preflight from :mod:`tuneforge.doctor_generative`, with one training example printed with its loss mask.
+Each failure says the fix; any failure exits 1.
 
 This module only checks; it never writes a run folder.
 """
@@ -292,9 +294,10 @@ def preflight(report: Report, recipe, data, log, steps: int = PREFLIGHT_STEPS, r
             return float(loss_fn(model(**inputs).logits.float(), labels))
 
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    watch = GradientWatch(model)
     optimizer = build_optimizer(model, method.optimizer_parameters(model), recipe.train)
     first = evaluation_loss()
-    losses, step_seconds, grads_checked = [], [], False
+    losses, step_seconds = [], []
     for step in range(steps):
         model.train()
         step_started = time.perf_counter()
@@ -307,11 +310,10 @@ def preflight(report: Report, recipe, data, log, steps: int = PREFLIGHT_STEPS, r
             return
         loss.backward()
         step_seconds.append(time.perf_counter() - step_started)  # forward + backward, as timed in fp32 below
-        if not grads_checked:
-            check_gradients(report, model, trainable, log)
-            grads_checked = True
+        watch.record()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    check_gradients(report, model, trainable, log, watch=watch)
     last = evaluation_loss()
     if runtime.autocast_dtype is not None and device.type == "cpu":
         compare_step_with_fp32(report, model, inputs, labels, loss_fn, min(step_seconds), runtime.precision_name, log)
@@ -351,25 +353,52 @@ def compare_step_with_fp32(report: Report, model, inputs, labels, loss_fn, reduc
                "--set train.precision=fp32" if status == "warn" else None, log=log)
 
 
-def check_gradients(report: Report, model, trainable: dict, log) -> None:
-    """After one backward: every trainable tensor has a non-zero gradient; frozen ones have none."""
-    dead = [name for name, p in trainable.items() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
-    leaked = [name for name, p in model.named_parameters() if not p.requires_grad and p.grad is not None
-              and bool(p.grad.abs().sum() > 0)]
+class GradientWatch:
+    """Which tensors got a non-zero gradient in any of the preflight's backward passes.
+
+    One backward is not enough: a zero-initialised adapter half (LoRA's B) sends no gradient to the other half
+    (LoRA's A) until the first optimizer step has moved it.
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.moved: set[str] = set()
+        self.leaked: set[str] = set()
+        self.backwards = 0
+
+    def record(self) -> None:
+        """Call after each backward, before the optimizer clears the gradients."""
+        self.backwards += 1
+        for name, p in self.model.named_parameters():
+            if p.grad is not None and bool(p.grad.abs().sum() > 0):
+                (self.moved if p.requires_grad else self.leaked).add(name)
+
+
+def check_gradients(report: Report, model, trainable: dict, log, watch: GradientWatch | None = None) -> None:
+    """Every trainable tensor got a non-zero gradient and no frozen one got any: in the gradients held now
+    (after one backward), or over every backward ``watch`` recorded."""
+    if watch is None:
+        dead = [name for name, p in trainable.items() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+        leaked = [name for name, p in model.named_parameters() if not p.requires_grad and p.grad is not None
+                  and bool(p.grad.abs().sum() > 0)]
+    else:
+        dead = [name for name in trainable if name not in watch.moved]
+        leaked = [name for name, _ in model.named_parameters() if name in watch.leaked]
+    passes = f" in {watch.backwards} backward pass(es)" if watch is not None else ""
     frozen = sum(1 for _, p in model.named_parameters() if not p.requires_grad)
     count = sum(p.numel() for p in trainable.values())
     if not trainable:
         report.add("fail", "gradients", "no parameter is trainable", "check method.name and its keys", log=log)
     elif dead:
         report.add("fail", "gradients", f"{len(dead)} of {len(trainable)} trainable tensors got no or all-zero "
-                   f"gradient: {', '.join(dead[:5])}{' ...' if len(dead) > 5 else ''}",
+                   f"gradient{passes}: {', '.join(dead[:5])}{' ...' if len(dead) > 5 else ''}",
                    "these weights would never train: check that the method's modules are in the forward pass "
                    "(e.g. gradient checkpointing with a method that hooks the layers)", log=log)
     else:
         report.add("ok", "gradients", f"all {len(trainable)} trainable tensors ({count:,} parameters) got non-zero "
-                   f"gradients", log=log)
+                   f"gradients{passes}", log=log)
     if leaked:
-        report.add("fail", "gradients", f"{len(leaked)} frozen tensors got gradients: {', '.join(leaked[:5])}",
+        report.add("fail", "gradients", f"{len(leaked)} frozen tensors got gradients{passes}: {', '.join(leaked[:5])}",
                    "a frozen weight must not accumulate gradients; report this as a bug", log=log)
     elif frozen:
         report.add("ok", "frozen", f"none of the {frozen} frozen tensors got a gradient", log=log)
@@ -405,6 +434,9 @@ def run_doctor(recipe_path: str | None, overrides: list[str], output_dir: str | 
     log(f"recipe {recipe_path}")
     from tuneforge.validate import validate_job
 
+    if is_generative(recipe_path, overrides):
+        run_generative_checks(report, recipe_path, overrides, steps, log)
+        return report
     try:
         job = validate_job(recipe_path, overrides)
     except UserError as error:
@@ -421,6 +453,42 @@ def run_doctor(recipe_path: str | None, overrides: list[str], output_dir: str | 
     log(f"preflight ({steps} optimizer steps on {PREFLIGHT_ROWS} training rows)")
     preflight(report, recipe, job.data, log, steps=steps)
     return report
+
+
+def is_generative(recipe_path: str, overrides: list[str]) -> bool:
+    """Whether the recipe asks for sft / causal-lm / masked-lm (False when it does not even load: the
+    classification path then reports the recipe's own error)."""
+    from tuneforge.config import GENERATIVE_TASKS, load_recipe
+    from tuneforge.errors import UserError
+
+    try:
+        return load_recipe(recipe_path, overrides).task in GENERATIVE_TASKS
+    except UserError:
+        return False
+
+
+def run_generative_checks(report: Report, recipe_path: str, overrides: list[str], steps: int, log) -> None:
+    """Validation, known-bad combinations and the preflight of a generative recipe
+    (:mod:`tuneforge.doctor_generative`)."""
+    from tuneforge.doctor_generative import generative_preflight
+    from tuneforge.errors import UserError
+    from tuneforge.train.generative import validate_generative_job
+
+    try:
+        job = validate_generative_job(recipe_path, overrides)
+    except UserError as error:
+        check_recipe_combinations_raw(report, recipe_path, overrides, log)
+        report.add("fail", "recipe", str(error).replace("\n", "\n        "), "fix the recipe as the message says",
+                   log=log)
+        return
+    recipe = job.recipe
+    report.add("ok", "recipe", f"valid: model {recipe.model} ({job.model_config.model_type}), method "
+               f"{recipe.method.name}, task {recipe.task}, {len(job.data.train)} training rows", log=log)
+    check_recipe_combinations(report, recipe, log)
+    if report.failures:
+        return
+    log(f"preflight ({steps} optimizer steps on {PREFLIGHT_ROWS} training rows)")
+    generative_preflight(report, recipe, job.data, log, steps=steps, rows=PREFLIGHT_ROWS)
 
 
 def check_recipe_combinations_raw(report: Report, recipe_path: str, overrides: list[str], log) -> None:

@@ -81,11 +81,15 @@ def save_base(model: nn.Module, folder: Path) -> None:
 
 
 def auto_class_for(config) -> type:
-    """The transformers Auto class that rebuilds a model of ``config.architectures`` (a causal or masked LM);
+    """The transformers Auto class that rebuilds a model of ``config.architectures`` (a causal or masked LM,
+    an image classifier);
     a classifier otherwise (base models saved before the architectures were recorded are classifiers)."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
+    from transformers import (AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForMaskedLM,
+                              AutoModelForSequenceClassification)
 
     architectures = getattr(config, "architectures", None) or []
+    if any(name.endswith("ForImageClassification") for name in architectures):
+        return AutoModelForImageClassification
     if any(name.endswith("ForCausalLM") for name in architectures):
         return AutoModelForCausalLM
     if any(name.endswith("ForMaskedLM") for name in architectures):

@@ -13,7 +13,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 from torch import nn
 
-from tuneforge.methods.peft_method import MergeableConfig, PeftMethod, peft_task_type
+from tuneforge.methods.peft_method import (MergeableConfig, PeftMethod, image_modules_to_save, image_target_modules,
+                                           is_image_classifier, peft_task_type)
 from tuneforge.methods.registry import register
 
 
@@ -23,7 +24,8 @@ class LoraMethodConfig(MergeableConfig):
     alpha: float = Field(32, gt=0, description="Scaling: the update is multiplied by alpha / r.")
     dropout: float = Field(0.1, ge=0, lt=1)
     target_modules: list[str] | Literal["auto"] = Field(
-        "auto", description="Module names to adapt; auto = PEFT's default attention projections.")
+        "auto", description="Module names to adapt; auto = PEFT's default attention projections (image "
+                            "models: ViT query/value, convolutional models every ungrouped Conv2d).")
 
 
 @register
@@ -39,11 +41,18 @@ class Lora(PeftMethod):
         from peft import LoraConfig
 
         config = self.config
+        target_modules = None if config.target_modules == "auto" else config.target_modules
+        modules_to_save = None
+        if is_image_classifier(model):
+            # PEFT has no image-classification task type: name the adapted layers and the head (+ BatchNorm) ourselves.
+            target_modules = target_modules or image_target_modules(model)
+            modules_to_save = image_modules_to_save(model)
         return LoraConfig(
             task_type=peft_task_type(model),
             r=config.r,
             lora_alpha=config.alpha,
             lora_dropout=config.dropout,
-            target_modules=None if config.target_modules == "auto" else config.target_modules,
+            target_modules=target_modules,
+            modules_to_save=modules_to_save,
             use_dora=self.use_dora,
         )

@@ -28,9 +28,65 @@ def peft_task_type(model: nn.Module) -> Any:
     kind = type(model).__name__
     if kind.endswith("ForCausalLM"):
         return TaskType.CAUSAL_LM
-    if kind.endswith("ForMaskedLM"):
+    if kind.endswith("ForMaskedLM") or is_image_classifier(model):
+        # An image classifier takes pixel_values, which PEFT's SEQ_CLS wrapper does not pass on; the plain
+        # wrapper forwards every keyword, and image_peft_defaults names the head to train (modules_to_save).
         return None
     return TaskType.SEQ_CLS
+
+
+def is_image_classifier(model: nn.Module) -> bool:
+    """Whether ``model`` is a transformers image classifier (ViT, ResNet, MobileNetV2, ConvNeXt, ...)."""
+    return type(model).__name__.endswith("ForImageClassification")
+
+
+# Heads of transformers' image classifiers (ViT, ResNet, MobileNetV2, ConvNeXt, Swin, ... all call it classifier).
+IMAGE_HEAD_NAMES = ("classifier", "head", "fc")
+# Query and value projection names of vision transformers' attention (transformers 5 names first).
+ATTENTION_QUERY_VALUE = (("q_proj", "v_proj"), ("query", "value"))
+
+
+def image_head_names(model: nn.Module) -> list[str]:
+    """The head of an image classifier: replaced for the run's labels, so it trains fully (modules_to_save)."""
+    heads = [name for name in IMAGE_HEAD_NAMES if isinstance(getattr(model, name, None), nn.Module)]
+    return heads[:1]
+
+
+def image_modules_to_save(model: nn.Module) -> list[str]:
+    """Modules of an image classifier that train fully beside the adapter and are saved in it: the head, and
+    every BatchNorm layer (by full name). BatchNorm running statistics move while training in any case; without
+    them in the adapter, ``run/adapter`` on the original weights would not answer as the trained model does."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    heads = image_head_names(model)
+    norms = [name for name, module in model.named_modules()
+             if isinstance(module, _BatchNorm) and not name.startswith(tuple(heads))]
+    return heads + norms
+
+
+def image_target_modules(model: nn.Module) -> list[str]:
+    """Default modules to adapt in an image classifier, per family.
+
+    Vision transformers (ViT, DeiT, BEiT, ...: attention projections named ``q_proj``/``v_proj`` in
+    transformers 5, ``query``/``value`` before): the query and value projections, as PEFT does for text
+    encoders. Convolutional models (ResNet, MobileNetV2, ConvNeXt, ...): every ungrouped
+    ``Conv2d`` (PEFT's LoRA supports Conv2d; depthwise convolutions are left out) and every ``Linear`` outside
+    the head (ConvNeXt's pointwise layers), by full module name.
+    """
+    heads = tuple(image_head_names(model))
+    body = [(name, module) for name, module in model.named_modules() if name and not name.startswith(heads)]
+    leaves = {name.rsplit(".", 1)[-1] for name, module in body if isinstance(module, nn.Linear)}
+    for attention in ATTENTION_QUERY_VALUE:
+        if set(attention) <= leaves:
+            return list(attention)
+    targets = [name for name, module in body
+               if (isinstance(module, nn.Conv2d) and module.groups == 1) or isinstance(module, nn.Linear)]
+    if not targets:
+        from tuneforge.errors import UserError
+
+        raise UserError(f"{type(model).__name__}: no attention query/value projections and no Conv2d/Linear "
+                        "layers found to adapt; set method.target_modules")
+    return targets
 
 
 def unsupported_model_error(method: str, model: nn.Module, error: ValueError):

@@ -22,7 +22,9 @@ from tuneforge.config import ImageConfig, Recipe
 from tuneforge.errors import UserError
 from tuneforge.tasks.classification import ClassificationTask
 
-IMAGE_METHODS = ("full", "freeze", "gradual")
+# PEFT methods need the layers to adapt and the head to train named for image models (methods/peft_method.py):
+# done for LoRA and DoRA; the others (ia3, adalora, prefix, prompt, ...) are refused until they are too.
+IMAGE_METHODS = ("full", "freeze", "gradual", "lora", "dora")
 
 
 def is_image_model_config(model_config: Any) -> bool:
@@ -246,17 +248,22 @@ class ImagePredictor:
     def __init__(self, run_dir: str | Path, batch_size: int = 64) -> None:
         import json
 
-        from transformers import AutoModelForImageClassification
+        import os
 
+        from tuneforge.methods import method_spec
         from tuneforge.predict import load_run_recipe
+        from tuneforge.train.checkpoint import refuse_pickle_weights
 
         run_dir = Path(run_dir)
         self.recipe = load_run_recipe(run_dir)
-        if not (run_dir / "model" / "config.json").is_file():
+        if not (run_dir / "model").is_dir():
             raise UserError(f"{run_dir}: has no trained model (model/ is missing; did the run finish? see run.json)")
+        for folder in (run_dir / "model", run_dir / "adapter"):  # pickled weights can run code when loaded
+            refuse_pickle_weights(folder, allow_pickle=os.environ.get("TUNEFORGE_ALLOW_PICKLE") == "1")
         self.label_names: list[str] = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))
         self.preprocessor = ImagePreprocessor(load_image_processor(run_dir / "model"), len(self.label_names))
-        self.model: nn.Module = AutoModelForImageClassification.from_pretrained(run_dir / "model").eval()
+        # Through the method, as text runs load: a plain model in model/, or base/ + adapter/ (merge: false).
+        self.model: nn.Module = method_spec(self.recipe.method.name).load(run_dir, self.recipe.method).eval()
         self.batch_size = batch_size
 
     def probabilities(self, paths: list[Path]) -> np.ndarray:

@@ -523,6 +523,9 @@ def train_generative_command(recipe_path: str, overrides: list[str], output: str
                        tuneforge_version=__version__,
                        rows={"train": len(data.train), "validation": len(data.validation),
                              "test": len(data.test) if data.test else 0})
+    from tuneforge.manifest import start_manifest
+
+    start_manifest(run_dir, recipe, recipe_path, overrides)  # closed by status.finish, as for classification
     try:
         result = train_generative(recipe, data, run_dir, log=log)
         status.update(trainable_params=result.trainable_params, total_params=result.total_params,

@@ -1,0 +1,95 @@
+"""`tuneforge doctor` on generative recipes (the sft / causal-lm preflight with its loss-mask example) and the
+run manifest of a generative run, on the tiny random Llama of generative_fixtures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from generative_fixtures import instruct_rows, make_tiny_llama, write_sft_job
+from tuneforge.doctor_generative import loss_mask_spans, render_loss_mask
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def sft_recipe(tmp_path_factory, tiny_llama) -> Path:
+    return write_sft_job(tmp_path_factory.mktemp("sft"), tiny_llama, method="lora")
+
+
+def test_loss_mask_spans_group_tokens_and_never_train_position_zero():
+    assert loss_mask_spans([5, 6, 7, 8, 9], [5, -100, -100, 8, 9]) == [(False, [5, 6, 7]), (True, [8, 9])]
+    assert loss_mask_spans([5, 6, 7], [5, 6, 7]) == [(False, [5]), (True, [6, 7])]
+
+
+def test_render_loss_mask_brackets_the_prompt_and_marks_the_answer(tiny_llama):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    prompt = tokenizer("user what is the capital of italy ?", add_special_tokens=False)["input_ids"]
+    answer = tokenizer("rome .", add_special_tokens=False)["input_ids"]
+    text = render_loss_mask(tokenizer, prompt + answer, [-100] * len(prompt) + answer)
+    assert text.startswith("[user what is the capital of italy") and text.endswith("]{{rome.}}")
+    cut = render_loss_mask(tokenizer, prompt + answer, [-100] * len(prompt) + answer, max_tokens=3)
+    assert cut == f"[user what is] ... ({len(prompt) + len(answer) - 3} more tokens)"
+
+
+def test_doctor_sft_preflight_passes_and_shows_one_example_with_its_loss_mask(sft_recipe, tmp_path):
+    code, out, _ = run_cli("doctor", str(sft_recipe), "--steps", "5", "--json", str(tmp_path / "doctor.json"))
+    assert code == 0, out
+    assert "ok    recipe: valid" in out and "task sft" in out and "not supported yet" not in out
+    assert "ok    method: 'lora' applies to PeftModelForCausalLM" in out
+    example = next(line.strip() for line in out.splitlines() if line.strip().startswith("[<|im_start|>"))
+    prompt, answer = example.split("]{{")
+    assert "user" in prompt and "assistant" in prompt and "<|im_end|>" in answer  # the answer's end is trained
+    assert "ok    loss mask:" in out and "the prompt is masked" in out
+    # LoRA's A gets no gradient until B has moved off zero: all tensors must move over the steps, not at step 1.
+    assert "ok    gradients: all 8 trainable tensors" in out and "in 5 backward pass(es)" in out
+    assert "ok    frozen: none of the" in out and "ok    preflight loss: finite and falling" in out
+    measured = json.loads((tmp_path / "doctor.json").read_text())["measurements"]
+    assert measured["preflight"]["loss_after"] < measured["preflight"]["loss_before"]
+    assert 0 < measured["example"]["trained_tokens"] < measured["example"]["tokens"]
+
+
+def test_doctor_sft_preflight_fails_when_the_loss_does_not_fall(sft_recipe):
+    code, out, _ = run_cli("doctor", str(sft_recipe), "--set", "train.learning_rate=1e-12", "--steps", "2")
+    assert code == 1
+    assert "fail  preflight loss: did not fall on 8 training rows in 2 steps" in out and "fix: raise" in out
+
+
+def test_doctor_causal_lm_preflight_trains_every_token(tmp_path, tiny_llama):
+    text = "\n\n".join(" ".join(row["instruction"].split() + row["output"].split()) for row in instruct_rows(40, 4))
+    (tmp_path / "domain.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "recipe.yaml").write_text(f"""name: tiny-clm
+model: {tiny_llama}
+task: causal-lm
+data: {{train: domain.txt, max_length: 32}}
+method: {{name: freeze}}
+train: {{epochs: 1, batch_size: 8, learning_rate: 0.01, warmup_ratio: 0.0, num_threads: 1}}
+""", encoding="utf-8")
+    code, out, _ = run_cli("doctor", str(tmp_path / "recipe.yaml"), "--steps", "3")
+    assert code == 0, out
+    assert "ok    loss mask:" in out and "(every token after the first)" in out
+    assert "ok    frozen: none of the" in out and "ok    preflight loss: finite and falling" in out
+
+
+def test_generative_run_writes_a_manifest(tmp_path, tiny_llama):
+    recipe = write_sft_job(tmp_path, tiny_llama, method="lora", epochs=1)
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", str(recipe), "--output", str(run), "--set", "generative.generation.prompts=0",
+                           "--set", "generative.generation.evaluate_base=false")
+    assert code == 0, err
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["ended"] is not None
+    train = manifest["data"]["train"]
+    assert train["rows"] == 140
+    assert train["sha256"] == hashlib.sha256((tmp_path / "train.jsonl").read_bytes()).hexdigest()
+    assert manifest["overrides"] == ["generative.generation.prompts=0", "generative.generation.evaluate_base=false"]
+    assert manifest["recipe_file"]["sha256"] == hashlib.sha256(recipe.read_bytes()).hexdigest()
