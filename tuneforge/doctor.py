@@ -263,17 +263,9 @@ def preflight(report: Report, recipe, data, log, steps: int = PREFLIGHT_STEPS, r
     device = runtime.device
     tokenizer, model = load_classifier(recipe, data.label_names)
     method = build_method(recipe.method)
-    try:
-        model = method.prepare(model)
-    except UserError as error:
-        report.add("fail", "method", f"'{recipe.method.name}' cannot be applied to {recipe.model} "
-                   f"({type(model).__name__}): {error}", "choose another method.name (see `tuneforge models`)",
-                   log=log)
+    model = prepare_for_preflight(recipe, method, model, device, report, log)
+    if model is None:
         return
-    report.add("ok", "method", f"'{recipe.method.name}' applies to {type(model).__name__}", log=log)
-    if recipe.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.to(device)
     message = method.on_epoch_start(model, 0)
     if message:
         log(f"        ({message})")
@@ -501,3 +493,21 @@ def check_recipe_combinations_raw(report: Report, recipe_path: str, overrides: l
     except UserError:
         return
     check_recipe_combinations(report, recipe, log)
+
+
+def prepare_for_preflight(recipe, method, model, device, report, log):
+    """Prepare ``model`` with ``method`` as training does (gradient checkpointing, device) and report whether the
+    method applies; ``None`` when it does not (the failure is in ``report``)."""
+    from tuneforge.errors import UserError
+
+    try:
+        model = method.prepare(model)
+    except UserError as error:
+        report.add("fail", "method", f"'{recipe.method.name}' cannot be applied to {recipe.model} "
+                   f"({type(model).__name__}): {error}", "choose another method.name (see `tuneforge models`)",
+                   log=log)
+        return None
+    report.add("ok", "method", f"'{recipe.method.name}' applies to {type(model).__name__}", log=log)
+    if recipe.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model.to(device)

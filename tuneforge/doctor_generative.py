@@ -79,7 +79,7 @@ def check_example(report, tokenizer, recipe, encoded: EncodedExamples, log) -> N
 def generative_preflight(report, recipe, data, log, steps: int, rows: int) -> None:
     """A few optimizer steps of the recipe's language model and method on its first ``rows`` training rows:
     finite, falling loss; non-zero gradients for every trainable tensor and none for frozen ones."""
-    from tuneforge.doctor import GradientWatch, check_gradients
+    from tuneforge.doctor import GradientWatch, check_gradients, prepare_for_preflight
     from tuneforge.errors import UserError
     from tuneforge.methods import build_method
     from tuneforge.train.generative import Batches, encode_for_task, load_generative_model
@@ -100,17 +100,9 @@ def generative_preflight(report, recipe, data, log, steps: int, rows: int) -> No
     tokenizer, model = load_generative_model(recipe)
     method = build_method(recipe.method)
     model.config.use_cache = False  # as in training: no key/value cache, and gradient checkpointing needs it off
-    try:
-        model = method.prepare(model)
-    except UserError as error:
-        report.add("fail", "method", f"'{recipe.method.name}' cannot be applied to {recipe.model} "
-                   f"({type(model).__name__}): {error}", "choose another method.name (see `tuneforge models`)",
-                   log=log)
+    model = prepare_for_preflight(recipe, method, model, device, report, log)
+    if model is None:
         return
-    report.add("ok", "method", f"'{recipe.method.name}' applies to {type(model).__name__}", log=log)
-    if recipe.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.to(device)
 
     split = data.train.subset(list(range(min(rows, len(data.train)))), "preflight")
     try:
