@@ -9,6 +9,12 @@ baseline does not (it would only be slower).
 
 `freeze` runs two variants, as in the speed targets: head only (`freeze`) and the top 2 layers
 trainable (`freeze-top2`). Default epochs: 2 for full and lora, 5 for the freeze variants.
+
+With ``--keep DIR`` each finished variant's line is also saved as ``DIR/result-<variant>.json``; running
+the same command again with the same ``--keep`` prints those lines (marked ``"reused": true``) instead of
+measuring them again, so a bench that takes hours can be finished over several sittings. A saved line is
+reused only when every setting it was measured with (data, model, epochs, batch size, max_length, limit,
+learning rate) is the same. Each line records when it was measured and the machine's load average then.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -35,8 +43,6 @@ TUNEFORGE_METHOD = {
 
 def run_measured(command: list[str], log: Path) -> tuple[int, float, float]:
     """Run ``command``; return (exit code, wall seconds, peak RSS in MiB) of that process alone."""
-    import time
-
     started = time.perf_counter()
     with log.open("w") as stream:
         process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
@@ -88,13 +94,26 @@ def main() -> None:
     for method in methods:
         epochs = args.epochs or DEFAULT_EPOCHS[method]
         lr = LEARNING_RATES[method]
+        settings = {"data": str(data), "model": args.model, "epochs": epochs, "learning_rate": lr,
+                    "batch_size": args.batch_size, "max_length": args.max_length, "limit": args.limit}
+        saved = work / f"result-{method}.json"
+        if args.keep and saved.exists():
+            previous = json.loads(saved.read_text())
+            if previous.get("settings") == settings:
+                print(json.dumps({**previous["line"], "reused": True}), flush=True)
+                continue
+        load_before = os.getloadavg()[0]
+        measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         hf_result = work / f"hf-{method}.json"
+        run_dir = work / f"tuneforge-{method}"
+        # A sitting killed half-way leaves this variant's folders behind; `tuneforge train` never overwrites a run.
+        for stale in (run_dir, work / f"hf-{method}"):
+            shutil.rmtree(stale, ignore_errors=True)
         hf_code, hf_seconds, hf_rss = run_measured(
             [sys.executable, str(HERE / "hf_trainer_baseline.py"), "--model", model_dir, "--train", str(train_file),
              "--test", str(data / "test.jsonl"), "--method", method, "--epochs", str(epochs),
              "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--learning-rate", str(lr),
              "--out", str(hf_result), "--workdir", str(work / f"hf-{method}")], work / f"hf-{method}.log")
-        run_dir = work / f"tuneforge-{method}"
         tf_code, tf_seconds, tf_rss = run_measured(
             [sys.executable, "-m", "tuneforge", "train", str(recipe), "--output", str(run_dir),
              f"--set=train.epochs={epochs}", f"--set=train.learning_rate={lr}",
@@ -105,14 +124,19 @@ def main() -> None:
             continue
         hf = json.loads(hf_result.read_text())
         status = json.loads((run_dir / "run.json").read_text())
-        print(json.dumps({
+        line = {
             "method": method, "epochs": epochs, "learning_rate": lr, "train_rows": status["rows"]["train"],
             "tuneforge_s": round(tf_seconds, 1), "hf_trainer_s": round(hf_seconds, 1),
             "speedup": round(hf_seconds / tf_seconds, 2),
             "tuneforge_accuracy": round(status["test"]["accuracy"], 4), "hf_accuracy": round(hf["accuracy"], 4),
             "trainable_params": status["trainable_params"], "hf_trainable_params": hf["trainable_params"],
             "tuneforge_peak_rss_mib": round(tf_rss), "hf_peak_rss_mib": round(hf_rss),
-        }), flush=True)
+            "measured_at": measured_at, "load_average_before": round(load_before, 2),
+            "load_average_after": round(os.getloadavg()[0], 2),
+        }
+        print(json.dumps(line), flush=True)
+        if args.keep:
+            saved.write_text(json.dumps({"settings": settings, "line": line}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -69,19 +69,18 @@ def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
-@pytest.fixture()
-def tiny_job(tmp_path, tiny_model):
-    """A recipe file on the tiny model with synthetic train/test files; returns the recipe path."""
-    write_jsonl(tmp_path / "train.jsonl", synthetic_rows(240, seed=1))
-    write_jsonl(tmp_path / "test.jsonl", synthetic_rows(80, seed=2))
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        f"""name: tiny
-model: {tiny_model}
-data:
+def tiny_recipe_text(model: Path | str, name: str = "tiny", task: str | None = None, data_keys: str = "",
+                     extra: str = "") -> str:
+    """The recipe of the tiny-model tests: full fine-tuning for 6 epochs of batches of 16 at lr 3e-3 (the tiny
+    BERT learns the synthetic rows in that), ``train.jsonl`` / ``test.jsonl`` beside it. ``data_keys``: more
+    ``data:`` lines (indented two spaces); ``extra``: more top-level sections."""
+    task_line = f"task: {task}\n" if task else ""
+    return f"""name: {name}
+model: {model}
+{task_line}data:
   train: train.jsonl
   test: test.jsonl
-  max_length: 32
+{data_keys}  max_length: 32
 method:
   name: full
 train:
@@ -90,10 +89,24 @@ train:
   learning_rate: 3.0e-3
   warmup_ratio: 0.0
   early_stopping: null
-""",
-        encoding="utf-8",
-    )
+{extra}"""
+
+
+def write_tiny_job(folder: Path, model: Path) -> Path:
+    """Synthetic sentiment train (240 rows) and test (80) files and the tiny recipe in ``folder``; returns the
+    recipe path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_jsonl(folder / "train.jsonl", synthetic_rows(240, seed=1))
+    write_jsonl(folder / "test.jsonl", synthetic_rows(80, seed=2))
+    recipe = folder / "recipe.yaml"
+    recipe.write_text(tiny_recipe_text(model), encoding="utf-8")
     return recipe
+
+
+@pytest.fixture()
+def tiny_job(tmp_path, tiny_model):
+    """A recipe file on the tiny model with synthetic train/test files; returns the recipe path."""
+    return write_tiny_job(tmp_path, tiny_model)
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:

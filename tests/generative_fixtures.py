@@ -72,3 +72,25 @@ generative:
   generation: {{max_new_tokens: 4, sampled_prompts: 2}}
 {extra}""", encoding="utf-8")
     return recipe
+
+
+def write_domain_text(path: Path, count: int, seed: int = 4) -> Path:
+    """Raw "domain" text for causal-lm: ``count`` paragraphs, each an instruction and its answer as one line."""
+    path.write_text("\n\n".join(" ".join(row["instruction"].split() + row["output"].split())
+                                 for row in instruct_rows(count, seed)), encoding="utf-8")
+    return path
+
+
+def write_language_model_job(recipe: Path, model: Path, task: str, train: str, method: str = "full",
+                             max_length: int = 32, epochs: int = 2, batch_size: int = 8,
+                             learning_rate: float = 0.01) -> Path:
+    """A causal-lm or masked-lm recipe at ``recipe`` on ``train`` (a file beside it); returns its path."""
+    name = {"causal-lm": "tiny-clm", "masked-lm": "tiny-mlm"}[task]
+    recipe.write_text(f"""name: {name}
+model: {model}
+task: {task}
+data: {{train: {train}, max_length: {max_length}}}
+method: {{name: {method}}}
+train: {{epochs: {epochs}, batch_size: {batch_size}, learning_rate: {learning_rate}, warmup_ratio: 0.0, num_threads: 1}}
+""", encoding="utf-8")
+    return recipe

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from conftest import run_cli
-from generative_fixtures import instruct_rows, make_tiny_llama, write_sft_job
+from generative_fixtures import make_tiny_llama, write_domain_text, write_language_model_job, write_sft_job
 from tuneforge.doctor_generative import loss_mask_spans, render_loss_mask
 
 
@@ -65,31 +66,55 @@ def test_doctor_sft_preflight_fails_when_the_loss_does_not_fall(sft_recipe):
 
 
 def test_doctor_causal_lm_preflight_trains_every_token(tmp_path, tiny_llama):
-    text = "\n\n".join(" ".join(row["instruction"].split() + row["output"].split()) for row in instruct_rows(40, 4))
-    (tmp_path / "domain.txt").write_text(text, encoding="utf-8")
-    (tmp_path / "recipe.yaml").write_text(f"""name: tiny-clm
-model: {tiny_llama}
-task: causal-lm
-data: {{train: domain.txt, max_length: 32}}
-method: {{name: freeze}}
-train: {{epochs: 1, batch_size: 8, learning_rate: 0.01, warmup_ratio: 0.0, num_threads: 1}}
-""", encoding="utf-8")
-    code, out, _ = run_cli("doctor", str(tmp_path / "recipe.yaml"), "--steps", "3")
+    write_domain_text(tmp_path / "domain.txt", 40)
+    recipe = write_language_model_job(tmp_path / "recipe.yaml", tiny_llama, "causal-lm", "domain.txt",
+                                      method="freeze", epochs=1)
+    code, out, _ = run_cli("doctor", str(recipe), "--steps", "3")
     assert code == 0, out
     assert "ok    loss mask:" in out and "(every token after the first)" in out
     assert "ok    frozen: none of the" in out and "ok    preflight loss: finite and falling" in out
 
 
-def test_generative_run_writes_a_manifest(tmp_path, tiny_llama):
-    recipe = write_sft_job(tmp_path, tiny_llama, method="lora", epochs=1)
-    run = tmp_path / "run"
-    code, _, err = run_cli("train", str(recipe), "--output", str(run), "--set", "generative.generation.prompts=0",
-                           "--set", "generative.generation.evaluate_base=false")
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_llama) -> Path:
+    """A finished LoRA sft run (merged), shared by the tests below, which only read it."""
+    folder = tmp_path_factory.mktemp("lora-run")
+    recipe = write_sft_job(folder, tiny_llama, method="lora", epochs=1)
+    code, _, err = run_cli("train", str(recipe), "--output", str(folder / "run"), "--set",
+                           "generative.generation.prompts=0", "--set", "generative.generation.evaluate_base=false")
     assert code == 0, err
-    manifest = json.loads((run / "manifest.json").read_text())
+    return folder / "run"
+
+
+def test_generative_run_writes_a_manifest(lora_run):
+    folder = lora_run.parent
+    manifest = json.loads((lora_run / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["ended"] is not None
     train = manifest["data"]["train"]
     assert train["rows"] == 140
-    assert train["sha256"] == hashlib.sha256((tmp_path / "train.jsonl").read_bytes()).hexdigest()
+    assert train["sha256"] == hashlib.sha256((folder / "train.jsonl").read_bytes()).hexdigest()
     assert manifest["overrides"] == ["generative.generation.prompts=0", "generative.generation.evaluate_base=false"]
-    assert manifest["recipe_file"]["sha256"] == hashlib.sha256(recipe.read_bytes()).hexdigest()
+    assert manifest["recipe_file"]["sha256"] == hashlib.sha256((folder / "recipe.yaml").read_bytes()).hexdigest()
+
+
+def test_doctor_checks_a_generative_run_folder_and_catches_a_corrupted_model_file(lora_run, tmp_path):
+    code, out, _ = run_cli("doctor", str(lora_run))
+    assert code == 0, out
+    assert "ok    run: completed: task sft" in out
+    assert "ok    saved model: read back with load_generative_run" in out and "max |Δlogit|" in out
+    assert "ok    saved model files: all" in out and "match their sha256" in out
+    code, out, _ = run_cli("runs", str(lora_run.parent), "--json")
+    assert json.loads(out)[0]["checked"] == "passed"
+
+    copy = tmp_path / "copy"
+    shutil.copytree(lora_run, copy)
+    weights = copy / "model" / "model.safetensors"
+    damaged = bytearray(weights.read_bytes())
+    damaged[-64] ^= 0xFF  # one flipped byte in the last tensor, as a bad disk or a cut download leaves it
+    weights.write_bytes(bytes(damaged))
+    code, out, _ = run_cli("doctor", str(copy))
+    assert code == 1
+    assert "fail  saved model files: 1 of" in out and "changed since checked: model/model.safetensors" in out
+    (copy / "adapter" / "adapter_config.json").unlink()
+    code, out, _ = run_cli("doctor", str(copy))
+    assert code == 1 and "missing: adapter/adapter_config.json" in out

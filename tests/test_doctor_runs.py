@@ -99,6 +99,12 @@ def test_cpu_flags_from_cpuinfo_text():
     assert not doctor.has_native_bf16(doctor.cpu_flags("flags: fpu avx2\n"))
 
 
+def test_doctor_refuses_a_folder_that_is_not_a_run(tmp_path):
+    code, out, _ = run_cli("doctor", str(tmp_path))
+    assert code == 1 and "is not a run folder (it has neither run.json nor artifacts.json)" in out
+    assert "cpu matmul" not in out  # a folder is checked as a run, not as a recipe on this machine
+
+
 def test_pick_rows_takes_every_label():
     assert doctor.pick_rows([0, 0, 0, 0, 1, 1, 2], 4) == [0, 1, 4, 6]
 
@@ -134,6 +140,7 @@ def test_manifest_and_runs_table(tmp_path_factory, tiny_model):
     status = json.loads((run / "run.json").read_text())
     assert rows["run"]["value"] == pytest.approx(status["test"]["f1_macro"])
     assert rows["run"]["minutes"] == status["minutes"] and rows["broken-run"]["value"] is None
+    assert rows["run"]["checked"] == "passed" and rows["broken-run"]["checked"] is None  # from artifacts.json
 
     code, _, err = run_cli("runs", str(run.parent), "--sort", "speed")
     assert code == 1 and "cannot sort by 'speed'" in err

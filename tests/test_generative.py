@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import make_tiny_bert, run_cli, synthetic_rows, write_jsonl
-from generative_fixtures import instruct_rows, make_tiny_llama, write_sft_job
+from generative_fixtures import (make_tiny_llama, write_domain_text, write_language_model_job,
+                                 write_sft_job)
 
 from tuneforge.config import GenerativeConfig
 from tuneforge.data.generative import (IGNORE_INDEX, GenerativeSplit, collate, conversation_ids_and_labels,
@@ -159,6 +160,11 @@ def test_each_method_fine_tunes_the_decoder(tmp_path, tiny_llama, method):
     status = json.loads((run / "run.json").read_text())
     assert status["status"] == "completed"
     assert json.loads((run / "save_check.json").read_text())["passed"]
+    gate = json.loads((run / "artifacts.json").read_text())["artifacts"]["run"]  # read back as `generate` does
+    assert gate["passed"] and gate["method"] == method and gate["probe"]["max_abs_logit_diff"] <= 1e-3
+    assert gate["probe"]["reloaded_with"].startswith("load_generative_run")
+    weights = "model/model.safetensors" if method in ("full", "freeze", "lora") else "base/model.safetensors"
+    assert weights in {f["path"] for f in gate["files"]}  # prefix / prompt: base + adapter, both recorded
     assert status["validation"]["loss"] < status["base_validation"]["loss"]  # it learned something
     samples = [json.loads(line) for line in (run / "eval" / "test" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 14 and "sampled" in samples[0] and samples[0]["decoding"]["sampled"]["do_sample"]
@@ -208,17 +214,38 @@ def test_lora_merges_into_a_plain_causal_lm(tmp_path, tiny_llama):
     assert not any("lora" in name for name, _ in AutoModelForCausalLM.from_pretrained(run / "model").named_parameters())
 
 
+def test_integrity_gate_fails_a_run_whose_saved_language_model_is_broken(tmp_path, tiny_llama, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    from tuneforge.methods.registry import Method
+
+    broken = "model.layers.1.mlp.down_proj.weight"
+    original = Method.save
+
+    def broken_save(self, model, run_dir):  # as a buggy saver would: a weight changed in the written file
+        saved = original(self, model, run_dir)
+        path = run_dir / "model" / "model.safetensors"
+        tensors = load_file(str(path))
+        tensors[broken] = tensors[broken] * -3.0
+        save_file(tensors, str(path), metadata={"format": "pt"})
+        return saved
+
+    monkeypatch.setattr(Method, "save", broken_save)
+    recipe = write_sft_job(tmp_path, tiny_llama, method="full", epochs=1)
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", str(recipe), "--output", str(run), "--set", "generative.generation.prompts=0",
+                           "--set", "generative.generation.evaluate_base=false")
+    assert code == 1 and "the saved model does not answer as the trained model did" in err
+    assert f"Weights that differ after reloading: {broken} (max |Δ|" in err
+    gate = json.loads((run / "artifacts.json").read_text())["artifacts"]["run"]
+    assert not gate["passed"] and (run / "rescue" / "in_memory_state.safetensors").is_file()
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+
+
 def test_causal_lm_on_raw_text_blocks(tmp_path, tiny_llama):
-    text = "\n\n".join(" ".join(row["instruction"].split() + row["output"].split()) for row in instruct_rows(80, 4))
-    (tmp_path / "domain.txt").write_text(text, encoding="utf-8")
-    (tmp_path / "recipe.yaml").write_text(f"""name: tiny-clm
-model: {tiny_llama}
-task: causal-lm
-data: {{train: domain.txt, max_length: 32}}
-method: {{name: full}}
-train: {{epochs: 2, batch_size: 8, learning_rate: 0.01, warmup_ratio: 0.0, num_threads: 1}}
-""", encoding="utf-8")
-    code, _, err = run_cli("train", str(tmp_path / "recipe.yaml"), "--output", str(tmp_path / "run"))
+    write_domain_text(tmp_path / "domain.txt", 80)
+    recipe = write_language_model_job(tmp_path / "recipe.yaml", tiny_llama, "causal-lm", "domain.txt")
+    code, _, err = run_cli("train", str(recipe), "--output", str(tmp_path / "run"))
     assert code == 0, err
     status = json.loads((tmp_path / "run" / "run.json").read_text())
     assert status["validation"]["perplexity"] < status["base_validation"]["perplexity"]
@@ -228,17 +255,15 @@ train: {{epochs: 2, batch_size: 8, learning_rate: 0.01, warmup_ratio: 0.0, num_t
 def test_masked_lm_output_is_the_model_of_a_classification_recipe(tmp_path):
     bert = make_tiny_bert(tmp_path / "bert")
     write_jsonl(tmp_path / "unlabelled.jsonl", [{"text": row["text"]} for row in synthetic_rows(200, seed=5)])
-    (tmp_path / "mlm.yaml").write_text(f"""name: tiny-mlm
-model: {bert}
-task: masked-lm
-data: {{train: unlabelled.jsonl, max_length: 24}}
-method: {{name: full}}
-train: {{epochs: 2, batch_size: 16, learning_rate: 0.005, warmup_ratio: 0.0, num_threads: 1}}
-""", encoding="utf-8")
-    code, _, err = run_cli("train", str(tmp_path / "mlm.yaml"), "--output", str(tmp_path / "mlm"))
+    recipe = write_language_model_job(tmp_path / "mlm.yaml", bert, "masked-lm", "unlabelled.jsonl", max_length=24,
+                                      batch_size=16, learning_rate=0.005)
+    code, _, err = run_cli("train", str(recipe), "--output", str(tmp_path / "mlm"))
     assert code == 0, err
     status = json.loads((tmp_path / "mlm" / "run.json").read_text())
     assert status["validation"]["loss"] < status["base_validation"]["loss"]
+    gate = json.loads((tmp_path / "mlm" / "artifacts.json").read_text())["artifacts"]["run"]
+    assert gate["passed"] and "masked positions" in gate["probe"]["compared"]
+    assert "model/carried_weights.json" in {f["path"] for f in gate["files"]}  # the pooler, carried before the check
 
     write_jsonl(tmp_path / "train.jsonl", synthetic_rows(120, seed=1))
     (tmp_path / "cls.yaml").write_text(f"""name: tiny-cls

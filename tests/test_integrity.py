@@ -102,6 +102,23 @@ def test_intact_run_is_recorded_with_real_hashes(small_recipe, tmp_path):
     assert not (run / "rescue").exists()
 
 
+def test_doctor_checks_a_run_folder_against_its_record(small_recipe, tmp_path):
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", str(small_recipe), "--output", str(run))
+    assert code == 0, err[-2000:]
+    code, out, _ = run_cli("doctor", str(run))
+    assert code == 0, out
+    assert "ok    saved model: read back with FullFineTuning.load (as tuneforge predict and eval load it)" in out
+    assert "ok    saved model files: all" in out and "cpu matmul" not in out  # the run, not the machine
+    config = run / "model" / "config.json"
+    config.write_text(config.read_text().replace('"negative"', '"NEGATIVE"'))  # a hand-edited label name
+    code, out, _ = run_cli("doctor", str(run))
+    assert code == 1 and "changed since checked: model/config.json" in out
+    (run / "artifacts.json").unlink()
+    code, out, _ = run_cli("doctor", str(run))
+    assert code == 1 and "artifacts.json is missing" in out
+
+
 def test_gate_fires_when_the_head_is_not_saved(small_recipe, tmp_path, monkeypatch):
     save_then(monkeypatch, lambda tensors: [tensors.pop(k) for k in list(tensors) if k.startswith("classifier.")])
     run = tmp_path / "run"

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import FILLER, NEGATIVE, POSITIVE, run_cli, write_jsonl
+from conftest import FILLER, NEGATIVE, POSITIVE, run_cli, tiny_recipe_text, write_jsonl
 from tuneforge.errors import UserError
 
 
@@ -32,23 +32,8 @@ def multilabel_rows(count: int, seed: int) -> list[dict]:
 
 
 def recipe_text(model, extra: str = "") -> str:
-    return f"""name: tiny-multilabel
-model: {model}
-task: multilabel
-data:
-  train: train.jsonl
-  test: test.jsonl
-  label_column: labels
-  max_length: 32
-method:
-  name: full
-train:
-  epochs: 6
-  batch_size: 16
-  learning_rate: 3.0e-3
-  warmup_ratio: 0.0
-  early_stopping: null
-{extra}"""
+    return tiny_recipe_text(model, name="tiny-multilabel", task="multilabel", data_keys="  label_column: labels\n",
+                            extra=extra)
 
 
 def test_metrics_and_thresholds_from_known_values():

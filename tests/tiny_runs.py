@@ -5,33 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import run_cli, synthetic_rows, write_jsonl
+from conftest import run_cli, write_tiny_job
 
 
 def train_tiny_run(folder: Path, model: Path) -> Path:
     """Train the tiny BERT on synthetic sentiment rows; return the run folder (test set included)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    write_jsonl(folder / "train.jsonl", synthetic_rows(240, seed=1))
-    write_jsonl(folder / "test.jsonl", synthetic_rows(80, seed=2))
-    recipe = folder / "recipe.yaml"
-    recipe.write_text(
-        f"""name: tiny
-model: {model}
-data:
-  train: train.jsonl
-  test: test.jsonl
-  max_length: 32
-method:
-  name: full
-train:
-  epochs: 6
-  batch_size: 16
-  learning_rate: 3.0e-3
-  warmup_ratio: 0.0
-  early_stopping: null
-""",
-        encoding="utf-8",
-    )
+    recipe = write_tiny_job(folder, model)
     run = folder / "run"
     code, _, err = run_cli("train", str(recipe), "--output", str(run))
     assert code == 0, err

@@ -152,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                                          "continues its study")
 
     doctor = commands.add_parser("doctor", help="check this machine (and a recipe, with a preflight of a few steps) "
-                                                "before training (docs/trust.md)")
+                                                "before training, or a finished run folder (docs/trust.md)")
     doctor.add_argument("recipe", nargs="?", help="recipe YAML file: also validate it, flag known-bad combinations "
-                                                  "and run the preflight")
+                                                  "and run the preflight; or a run folder: check its integrity record "
+                                                  "(artifacts.json) and re-hash its model files")
     doctor.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key, e.g. --set train.precision=bf16 (repeatable)")
     doctor.add_argument("--output", help="where runs will be written, for the free-disk check (default runs/)")

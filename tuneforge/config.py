@@ -22,7 +22,7 @@ from tuneforge.methods.registry import MethodConfig, method_names, method_spec
 METRIC_NAMES = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "roc_auc", "loss",
                 "f1_micro", "subset_accuracy", "hamming_loss")  # the last three: task multilabel
 LOWER_IS_BETTER = ("loss", "hamming_loss")
-TASKS = ("classification", "multilabel", "image-classification", "sft", "causal-lm", "masked-lm")
+TASKS = ("classification", "multilabel", "image-classification", "sft", "causal-lm", "masked-lm", "multitask")
 
 # Keys of the recipe whose values are file paths; relative ones are resolved against the
 # directory of the recipe file (recipes stay portable), or the working directory for --set.
@@ -76,7 +76,8 @@ class AugmentConfig(StrictModel):
 class DataConfig(StrictModel):
     """Where the examples come from and how they are read."""
 
-    train: Path = Field(description="Training file: CSV, TSV, JSON, JSONL or Parquet.")
+    # Required for every task but multitask, whose tasks may each name their own files (checked in validate_recipe).
+    train: Path | None = Field(None, description="Training file: CSV, TSV, JSON, JSONL or Parquet.")
     validation: Path | None = Field(None, description="If null: a stratified split of train.")
     test: Path | None = None
     text_column: str = "text"
@@ -163,8 +164,8 @@ class DistillConfig(StrictModel):
     """Knowledge distillation (docs/distillation.md): the recipe's model (the student) learns from the labels and
     from a fine-tuned teacher's logits, with loss (1 - alpha) * CE + alpha * T^2 * KL(softmax(t/T) || softmax(s/T))."""
 
-    teacher: str = Field(description="A tuneforge run folder, or a sequence-classification model (alias, folder, "
-                                     "hub id) trained for the same label names.")
+    teacher: str = Field(description="A tuneforge run folder, or a sequence- (image-, for task image-classification) "
+                                     "classification model (alias, folder, hub id) trained for the same label names.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation term (0 = labels only).")
     temperature: float = Field(2.0, gt=0, description="Softens both distributions; T^2 keeps gradient scale.")
     student_layers: Union[Literal["every_other"], list[int], None] = Field(
@@ -262,6 +263,58 @@ class GenerativeConfig(StrictModel):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
 
 
+SINGLE_LABEL_METRICS = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "roc_auc")
+MULTI_LABEL_METRICS = ("f1_micro", "f1_macro", "subset_accuracy", "accuracy", "hamming_loss", "roc_auc")
+
+
+class TaskSpec(StrictModel):
+    """One task of ``task: multitask`` (docs/tasks.md, "Multi-task"): its data, its head, its loss weight.
+
+    Files and columns left out are taken from the recipe's ``data:`` section (a file shared by several tasks,
+    each with its own label column)."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", max_length=60,
+                      description="Names the head, its metrics (validation_NAME/accuracy) and its predict columns.")
+    type: Literal["single_label", "multi_label"] = Field(
+        "single_label", description="single_label: softmax + cross-entropy; multi_label: one sigmoid per label + BCE.")
+    train: Path | None = Field(None, description="This task's training file; default: data.train.")
+    validation: Path | None = Field(None, description="Default: data.validation, else a stratified split of train.")
+    test: Path | None = Field(None, description="Default: data.test (when the task's label column is in it).")
+    text_column: str | None = Field(None, description="Default: data.text_column.")
+    text_pair_column: str | None = Field(None, description="Default: data.text_pair_column.")
+    label_column: str | None = Field(None, description="Default: data.label_column.")
+    label_delimiter: str | None = Field(None, min_length=1, description="multi_label: labels in one string, split "
+                                                                        "on this; default: data.label_delimiter.")
+    weight: float = Field(1.0, gt=0, description="This task's loss is multiplied by it.")
+    metric: str | None = Field(None, description="The task's headline validation metric (the run's mean_metric is "
+                                                 "their mean); default accuracy (single_label), f1_micro (multi_label).")
+
+    @model_validator(mode="after")
+    def _metric_fits_type(self) -> "TaskSpec":
+        allowed = SINGLE_LABEL_METRICS if self.type == "single_label" else MULTI_LABEL_METRICS
+        if self.metric is None:
+            self.metric = allowed[0]
+        elif self.metric not in allowed:
+            raise ValueError(f"metric '{self.metric}' does not fit a {self.type} task"
+                             f"{did_you_mean(self.metric, allowed)}; choose one of {', '.join(allowed)}")
+        return self
+
+
+class MultiTaskConfig(StrictModel):
+    """``task: multitask``: how batches are drawn from the tasks and how the shared encoder is pooled.
+
+    Every batch comes from one task. ``proportional``: each example once per epoch, batches of all tasks shuffled
+    together; ``round_robin``: each example once per epoch, tasks take turns (a finished task drops out);
+    ``temperature``: as many batches as proportional, task i drawn with probability n_i^(1/T) / sum_j n_j^(1/T)
+    (T = 1: proportional; larger T: smaller tasks more often, repeated within the epoch)."""
+
+    sampling: Literal["proportional", "temperature", "round_robin"] = "proportional"
+    temperature: float = Field(2.0, ge=1, description="sampling temperature: T in p_i ~ n_i^(1/T).")
+    pooling: Literal["mean", "cls"] = Field(
+        "mean", description="Text vector the heads read: mean of the last hidden states over real tokens, or the "
+                            "first token's.")
+
+
 GENERATIVE_TASKS = ("sft", "causal-lm", "masked-lm")
 
 
@@ -270,8 +323,8 @@ class Recipe(StrictModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
     model: str = Field(description="Alias (see `tuneforge models`), local folder or hub id.")
-    task: Literal["classification", "multilabel", "image-classification", "sft", "causal-lm", "masked-lm"] = (
-        "classification")
+    task: Literal["classification", "multilabel", "image-classification", "sft", "causal-lm", "masked-lm",
+                  "multitask"] = "classification"
     data: DataConfig
     method: SerializeAsAny[MethodConfig]
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -280,12 +333,22 @@ class Recipe(StrictModel):
     image: ImageConfig | None = Field(None, description="task image-classification: train-split augmentation.")
     generative: GenerativeConfig | None = Field(
         None, description="task sft, causal-lm or masked-lm: columns, chat template, packing, generation.")
+    tasks: list[TaskSpec] | None = Field(None, description="task multitask: the tasks sharing one encoder, one "
+                                                          "head each (docs/tasks.md).")
+    multitask: MultiTaskConfig | None = Field(None, description="task multitask: sampling across tasks, pooling.")
 
-    @field_validator("task", mode="before")
+    @field_validator("tasks")
     @classmethod
-    def _multitask_not_yet(cls, value: Any) -> Any:
-        if value == "multitask":  # issue 11's shared-encoder, several-heads task is not built
-            raise ValueError("task multitask is not supported yet; train one run per task (docs/recipes.md)")
+    def _distinct_task_names(cls, value: list[TaskSpec] | None) -> list[TaskSpec] | None:
+        if value is not None:
+            names = [spec.name for spec in value]
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                raise ValueError(f"task name(s) {', '.join(map(repr, repeated))} appear more than once; "
+                                 "give each task its own name")
+            if len(value) < 2:
+                raise ValueError("task multitask needs at least two tasks; for one, use task classification or "
+                                 "multilabel")
         return value
 
     @model_validator(mode="after")
@@ -302,6 +365,18 @@ class Recipe(StrictModel):
             raise ValueError(f"the generative section needs task sft, causal-lm or masked-lm (task is {self.task})")
         if self.task in GENERATIVE_TASKS and self.generative is None:
             self.generative = GenerativeConfig()
+        if (self.tasks is not None or self.multitask is not None) and self.task != "multitask":
+            raise ValueError(f"the tasks and multitask sections need `task: multitask` (task is {self.task})")
+        if self.task == "multitask":
+            if self.tasks is None:
+                raise ValueError("task multitask needs a `tasks:` list, e.g. tasks: [{name: sentiment, train: "
+                                 "a.jsonl}, {name: spam, train: b.jsonl}] (docs/tasks.md)")
+            if self.multitask is None:
+                self.multitask = MultiTaskConfig()
+            unfiled = [spec.name for spec in self.tasks if spec.train is None and self.data.train is None]
+            if unfiled:
+                raise ValueError(f"task(s) {', '.join(unfiled)} have no training file: give tasks[].train, or "
+                                 "data.train for a file the tasks share")
         return self
     export: ExportConfig = Field(default_factory=ExportConfig)
 
@@ -365,12 +440,22 @@ def apply_override(raw: dict[str, Any], item: str) -> tuple[str, ...]:
         value = yaml.safe_load(value_text) if value_text.strip() else None
     except yaml.YAMLError:
         value = value_text
-    node = raw
-    for part in keys[:-1]:
-        if not isinstance(node.get(part), dict):
+    node: Any = raw
+    resolved: list[Any] = []
+    for depth, part in enumerate(keys):
+        if isinstance(node, list):  # a number names an item of a list section: --set tasks.0.train=FILE
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserError(f"--set {item!r}: {'.'.join(keys[:depth])} is a list of {len(node)}; name an item "
+                                f"by its position, 0 to {len(node) - 1}")
+            part = int(part)
+        elif depth < len(keys) - 1 and not isinstance(node.get(part), (dict, list)):
             node[part] = {}
-        node = node[part]
-    if keys in PATH_KEYS and isinstance(value, str):
+        resolved.append(part)
+        if depth < len(keys) - 1:
+            node = node[part]
+    keys = tuple(resolved)
+    is_path = keys in PATH_KEYS or (len(keys) == 3 and keys[0] == "tasks" and keys[2] in ("train", "validation", "test"))
+    if is_path and isinstance(value, str):
         value = str(Path(value).expanduser().resolve())
     elif keys in FOLDER_OR_NAME_KEYS and isinstance(value, str) and Path(value).expanduser().is_dir():
         value = str(Path(value).expanduser().resolve())
@@ -379,6 +464,12 @@ def apply_override(raw: dict[str, Any], item: str) -> tuple[str, ...]:
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    task_specs = raw.get("tasks") if isinstance(raw.get("tasks"), list) else []
+    for spec in task_specs:  # task multitask: each task's own files
+        for key in ("train", "validation", "test"):
+            if isinstance(spec, dict) and isinstance(spec.get(key), str):
+                value = Path(spec[key]).expanduser()
+                spec[key] = str(value if value.is_absolute() else (base / value).resolve())
     for keys in PATH_KEYS:
         node: Any = raw
         for part in keys[:-1]:
@@ -424,6 +515,8 @@ def validate_recipe(raw: dict[str, Any], source: Path | str = "recipe",
     elif method_raw is not None:
         problems.append((("method",), "must be a mapping with a `name` key"))
 
+    if raw.get("task") != "multitask" and isinstance(raw.get("data"), dict) and raw["data"].get("train") is None:
+        problems.append((("data", "train"), "missing required key"))  # only multitask's tasks bring their own
     recipe = None
     try:
         recipe = Recipe.model_validate({**raw, "method": method or _placeholder_method()})
@@ -457,11 +550,16 @@ def _explain(error: dict[str, Any], root: type[BaseModel], loc: tuple[Any, ...])
 def _fields_at(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     model: Any = root
     for part in loc:
+        if isinstance(part, int):  # an item of a list section (tasks[1]): same model
+            continue
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
             return []
-        annotation = field.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        candidates, pending = [], [field.annotation]
+        while pending:  # unwrap Optional[...] and list[...] down to the section's model
+            annotation = pending.pop()
+            candidates.append(annotation)
+            pending += list(getattr(annotation, "__args__", ()))
         model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
         if model is None:
             return []
@@ -486,6 +584,10 @@ def _locate(text: str, loc: tuple[Any, ...]) -> tuple[int, int] | None:
         return None
     found = (node.start_mark.line + 1, node.start_mark.column + 1) if node is not None else None
     for part in loc:
+        if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]  # an item of a list section (tasks[1])
+            found = (node.start_mark.line + 1, node.start_mark.column + 1)
+            continue
         if not isinstance(node, yaml.MappingNode):
             break
         for key_node, value_node in node.value:

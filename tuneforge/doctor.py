@@ -7,7 +7,8 @@ fp16 without a GPU), and a preflight — a few optimizer steps on a tiny batch o
 its model and method — checking that the loss is finite and falls, that every trainable parameter gets a
 non-zero gradient and that no frozen one gets any. Generative recipes (sft, causal-lm) get the same
 preflight from :mod:`tuneforge.doctor_generative`, with one training example printed with its loss mask.
-Each failure says the fix; any failure exits 1.
+Each failure says the fix; any failure exits 1. Given a run folder instead of a recipe, it checks that run's
+integrity record and files (:mod:`tuneforge.doctor_run`).
 
 This module only checks; it never writes a run folder.
 """
@@ -245,20 +246,16 @@ def preflight(report: Report, recipe, data, log, steps: int = PREFLIGHT_STEPS, r
     from torch import nn
 
     from tuneforge.data.batching import encode_split, iterate_batches
-    from tuneforge.errors import UserError
     from tuneforge.methods import build_method
     from tuneforge.train.loop import load_classifier
     from tuneforge.train.optim import build_optimizer
-    from tuneforge.train.runtime import setup_runtime
 
+    started = time.perf_counter()
     if recipe.task != "classification":
         report.add("skip", "preflight", f"not supported yet for task '{recipe.task}' (classification only)", log=log)
         return
-    started = time.perf_counter()
-    try:
-        runtime = setup_runtime(recipe.train)
-    except UserError as error:
-        report.add("fail", "preflight", f"cannot set up the runtime: {error}", "see train.precision above", log=log)
+    runtime = preflight_runtime(report, recipe, log)
+    if runtime is None:
         return
     device = runtime.device
     tokenizer, model = load_classifier(recipe, data.label_names)
@@ -309,21 +306,42 @@ def preflight(report: Report, recipe, data, log, steps: int = PREFLIGHT_STEPS, r
     last = evaluation_loss()
     if runtime.autocast_dtype is not None and device.type == "cpu":
         compare_step_with_fp32(report, model, inputs, labels, loss_fn, min(step_seconds), runtime.precision_name, log)
-    seconds = time.perf_counter() - started
-    report.measurements["preflight"] = {"rows": len(indices), "steps": steps, "loss_before": first, "loss_after": last,
-                                        "train_losses": losses, "seconds": round(seconds, 1),
-                                        "precision": runtime.precision_name}
+    judge_preflight_loss(report, recipe, method, runtime.precision_name, first, last, losses, len(indices),
+                         time.perf_counter() - started, "check that the labels match the texts", log)
+
+
+def judge_preflight_loss(report: Report, recipe, method, precision: str, first: float, last: float,
+                         losses: list[float], rows: int, seconds: float, data_hint: str, log, **measured) -> None:
+    """Record the preflight's measurements (``measured``: extra ones, after ``rows``) and judge its loss: finite
+    after the steps, and lower than before them; ``data_hint`` ends the fix when it did not fall."""
+    steps = len(losses)
+    report.measurements["preflight"] = {"rows": rows, **measured, "steps": steps, "loss_before": first,
+                                        "loss_after": last, "train_losses": losses, "seconds": round(seconds, 1),
+                                        "precision": precision}
     if not math.isfinite(last):
         report.add("fail", "preflight loss", f"{last} after {steps} steps",
                    "lower train.learning_rate or use train.precision=fp32", log=log)
     elif last < first:
-        report.add("ok", "preflight loss", f"finite and falling on {len(indices)} rows: {first:.4f} -> {last:.4f} after "
-                   f"{steps} optimizer steps ({runtime.precision_name}, {seconds:.1f}s)", log=log)
+        report.add("ok", "preflight loss", f"finite and falling on {rows} rows: {first:.4f} -> {last:.4f} after "
+                   f"{steps} optimizer steps ({precision}, {seconds:.1f}s)", log=log)
     else:
-        report.add("fail", "preflight loss", f"did not fall on {len(indices)} training rows in {steps} steps at "
+        report.add("fail", "preflight loss", f"did not fall on {rows} training rows in {steps} steps at "
                    f"learning rate {recipe.train.learning_rate:g}: {first:.4f} -> {last:.4f}",
-                   f"raise train.learning_rate (the method's usual one: {method.default_learning_rate:g}) or check that "
-                   "the labels match the texts", log=log)
+                   f"raise train.learning_rate (the method's usual one: {method.default_learning_rate:g}) or "
+                   f"{data_hint}", log=log)
+
+
+def preflight_runtime(report: Report, recipe, log):
+    """The recipe's runtime (device, precision, threads) for a preflight; None when it cannot be set up (the
+    failure is in ``report``)."""
+    from tuneforge.errors import UserError
+    from tuneforge.train.runtime import setup_runtime
+
+    try:
+        return setup_runtime(recipe.train)
+    except UserError as error:
+        report.add("fail", "preflight", f"cannot set up the runtime: {error}", "see train.precision above", log=log)
+        return None
 
 
 def compare_step_with_fp32(report: Report, model, inputs, labels, loss_fn, reduced_seconds: float, precision: str,
@@ -415,35 +433,46 @@ def pick_rows(labels, count: int) -> list[int]:
 
 def run_doctor(recipe_path: str | None, overrides: list[str], output_dir: str | None, steps: int = PREFLIGHT_STEPS,
                log: Callable[[str], None] = print) -> Report:
-    """All checks; with a recipe, its validation, known-bad combinations and the preflight."""
+    """All checks; with a recipe, its validation, known-bad combinations and the preflight. With a run folder
+    instead of a recipe: the run's integrity record and files (:mod:`tuneforge.doctor_run`), not the machine."""
+    from tuneforge.doctor_run import check_run_folder, is_run_folder
     from tuneforge.errors import UserError
 
     report = Report()
+    if recipe_path is not None and is_run_folder(recipe_path):
+        log(f"run {recipe_path}")
+        check_run_folder(report, Path(recipe_path), log)
+        return report
     log("machine")
     check_machine(report, Path(output_dir or "runs"), log)
     if recipe_path is None:
         return report
     log(f"recipe {recipe_path}")
-    from tuneforge.validate import validate_job
-
-    if is_generative(recipe_path, overrides):
-        run_generative_checks(report, recipe_path, overrides, steps, log)
-        return report
+    generative = is_generative(recipe_path, overrides)
+    if generative:  # sft / causal-lm / masked-lm: validated and preflighted by tuneforge.doctor_generative
+        from tuneforge.doctor_generative import generative_preflight
+        from tuneforge.train.generative import validate_generative_job as validate
+    else:
+        from tuneforge.validate import validate_job as validate
     try:
-        job = validate_job(recipe_path, overrides)
+        job = validate(recipe_path, overrides)
     except UserError as error:
         check_recipe_combinations_raw(report, recipe_path, overrides, log)
         report.add("fail", "recipe", str(error).replace("\n", "\n        "), "fix the recipe as the message says",
                    log=log)
         return report
     recipe = job.recipe
+    kind = f"task {recipe.task}" if generative else f"{len(job.data.label_names)} labels"
     report.add("ok", "recipe", f"valid: model {recipe.model} ({job.model_config.model_type}), method "
-               f"{recipe.method.name}, {len(job.data.label_names)} labels, {len(job.data.train)} training rows", log=log)
+               f"{recipe.method.name}, {kind}, {len(job.data.train)} training rows", log=log)
     check_recipe_combinations(report, recipe, log)
     if report.failures:
         return report
     log(f"preflight ({steps} optimizer steps on {PREFLIGHT_ROWS} training rows)")
-    preflight(report, recipe, job.data, log, steps=steps)
+    if generative:
+        generative_preflight(report, recipe, job.data, log, steps=steps, rows=PREFLIGHT_ROWS)
+    else:
+        preflight(report, recipe, job.data, log, steps=steps)
     return report
 
 
@@ -457,30 +486,6 @@ def is_generative(recipe_path: str, overrides: list[str]) -> bool:
         return load_recipe(recipe_path, overrides).task in GENERATIVE_TASKS
     except UserError:
         return False
-
-
-def run_generative_checks(report: Report, recipe_path: str, overrides: list[str], steps: int, log) -> None:
-    """Validation, known-bad combinations and the preflight of a generative recipe
-    (:mod:`tuneforge.doctor_generative`)."""
-    from tuneforge.doctor_generative import generative_preflight
-    from tuneforge.errors import UserError
-    from tuneforge.train.generative import validate_generative_job
-
-    try:
-        job = validate_generative_job(recipe_path, overrides)
-    except UserError as error:
-        check_recipe_combinations_raw(report, recipe_path, overrides, log)
-        report.add("fail", "recipe", str(error).replace("\n", "\n        "), "fix the recipe as the message says",
-                   log=log)
-        return
-    recipe = job.recipe
-    report.add("ok", "recipe", f"valid: model {recipe.model} ({job.model_config.model_type}), method "
-               f"{recipe.method.name}, task {recipe.task}, {len(job.data.train)} training rows", log=log)
-    check_recipe_combinations(report, recipe, log)
-    if report.failures:
-        return
-    log(f"preflight ({steps} optimizer steps on {PREFLIGHT_ROWS} training rows)")
-    generative_preflight(report, recipe, job.data, log, steps=steps, rows=PREFLIGHT_ROWS)
 
 
 def check_recipe_combinations_raw(report: Report, recipe_path: str, overrides: list[str], log) -> None:

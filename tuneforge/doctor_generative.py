@@ -79,22 +79,20 @@ def check_example(report, tokenizer, recipe, encoded: EncodedExamples, log) -> N
 def generative_preflight(report, recipe, data, log, steps: int, rows: int) -> None:
     """A few optimizer steps of the recipe's language model and method on its first ``rows`` training rows:
     finite, falling loss; non-zero gradients for every trainable tensor and none for frozen ones."""
-    from tuneforge.doctor import GradientWatch, check_gradients, prepare_for_preflight
+    from tuneforge.doctor import (GradientWatch, check_gradients, judge_preflight_loss, prepare_for_preflight,
+                                  preflight_runtime)
     from tuneforge.errors import UserError
     from tuneforge.methods import build_method
     from tuneforge.train.generative import Batches, encode_for_task, load_generative_model
     from tuneforge.train.optim import build_optimizer
-    from tuneforge.train.runtime import setup_runtime
 
+    started = time.perf_counter()
     if recipe.task not in PREFLIGHT_TASKS:
         report.add("skip", "preflight", f"not supported yet for task '{recipe.task}' "
                    f"({', '.join(PREFLIGHT_TASKS)} and classification only)", log=log)
         return
-    started = time.perf_counter()
-    try:
-        runtime = setup_runtime(recipe.train)
-    except UserError as error:
-        report.add("fail", "preflight", f"cannot set up the runtime: {error}", "see train.precision above", log=log)
+    runtime = preflight_runtime(report, recipe, log)
+    if runtime is None:
         return
     device = runtime.device
     tokenizer, model = load_generative_model(recipe)
@@ -147,18 +145,5 @@ def generative_preflight(report, recipe, data, log, steps: int, rows: int) -> No
         optimizer.zero_grad(set_to_none=True)
     check_gradients(report, model, trainable, log, watch=watch)
     last = evaluation_loss()
-    seconds = time.perf_counter() - started
-    report.measurements["preflight"] = {"rows": len(split), "encoded_rows": len(encoded), "steps": steps,
-                                        "loss_before": first, "loss_after": last, "train_losses": losses,
-                                        "seconds": round(seconds, 1), "precision": runtime.precision_name}
-    if not math.isfinite(last):
-        report.add("fail", "preflight loss", f"{last} after {steps} steps",
-                   "lower train.learning_rate or use train.precision=fp32", log=log)
-    elif last < first:
-        report.add("ok", "preflight loss", f"finite and falling on {len(split)} rows: {first:.4f} -> {last:.4f} after "
-                   f"{steps} optimizer steps ({runtime.precision_name}, {seconds:.1f}s)", log=log)
-    else:
-        report.add("fail", "preflight loss", f"did not fall on {len(split)} training rows in {steps} steps at "
-                   f"learning rate {recipe.train.learning_rate:g}: {first:.4f} -> {last:.4f}",
-                   f"raise train.learning_rate (the method's usual one: {method.default_learning_rate:g}) or check "
-                   "the data", log=log)
+    judge_preflight_loss(report, recipe, method, runtime.precision_name, first, last, losses, len(split),
+                         time.perf_counter() - started, "check the data", log, encoded_rows=len(encoded))

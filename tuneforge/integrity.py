@@ -5,9 +5,13 @@ This module owns the comparison and its record, ``artifacts.json``; it does not 
 or loads (that is :mod:`tuneforge.methods`) nor how an export is written (:mod:`tuneforge.export`). Two
 callers:
 
-- after every save (and merge) the training loop calls :func:`gate_saved_run`: the run's method reloads
-  its own folder (``Method.load``: ``from_pretrained`` of ``model/``, or base + adapter), and its logits on
-  a fixed probe batch of validation rows are compared with the in-memory model's;
+- after every save (and merge) both training loops (:mod:`tuneforge.train.loop` for classification,
+  :mod:`tuneforge.train.generative` for sft / causal-lm / masked-lm) call :func:`save_and_gate`: the method
+  saves, the saved module is compared with the trained one (``save_check.json``), then the run folder is
+  read back as a user reads it (``Method.load``: ``from_pretrained`` of ``model/``, or base + adapter; for a
+  language model, as ``tuneforge generate`` loads it) and its logits on a fixed probe batch of validation
+  rows (a language model: the token logits of a few encoded validation examples) are compared with the
+  in-memory model's (:func:`gate_saved_run`);
 - after every export, :mod:`tuneforge.export.pipeline` calls :func:`gate_export` with the reloaded export
   (an ONNX Runtime session, a TorchScript module or ``from_pretrained``) and labelled validation rows.
 
@@ -22,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,11 @@ ARTIFACTS_NAME = "artifacts.json"
 RESCUE_DIR = "rescue"
 # A model saved in fp32 and read back is the same model: anything beyond float noise is a lost weight.
 SAVE_TOLERANCE = 1e-4
+# A language model's logits (tens of thousands per token, through many layers: SmolLM2 has 30 and 49,152
+# tokens) gather more float noise in a merge than a classifier's few: a merged LoRA of SmolLM2 read back
+# differed by 1.2e-4. A lost or wrongly scaled weight moves logits by whole units, far above this.
+LANGUAGE_MODEL_TOLERANCE = 1e-3
+SAVE_CHECK_NAME = "save_check.json"
 # An fp32 ONNX/TorchScript graph reorders float operations (fused kernels), so allow a little more.
 EXPORT_FP32_TOLERANCE = 1e-3
 DEFAULT_MAX_METRIC_DROP = 0.01
@@ -89,11 +100,13 @@ def compare_predictions(reference: np.ndarray, candidate: np.ndarray, labels: np
         problems.append(f"predictions collapse to one class (label index {candidate_classes[0]}) on all "
                         f"{len(reference)} probe rows, where the in-memory model predicts {len(reference_classes)} "
                         "classes")
-    # Accuracy of the argmax needs one label id per row; multi-label rows (multi-hot) skip this check.
-    if labels is not None and len(labels) and np.asarray(labels).ndim == 1:
-        labels = np.asarray(labels)
-        before = float((reference_predictions == labels).mean())
-        after = float((candidate_predictions == labels).mean())
+    # Accuracy of the argmax needs one label id per row; multi-label rows (multi-hot) skip this check. A
+    # negative label (-100) marks a row without one: a language model's prompt or last token position.
+    scored = np.asarray(labels) >= 0 if labels is not None and np.asarray(labels).ndim == 1 else None
+    if scored is not None and scored.any():
+        labels = np.asarray(labels)[scored]
+        before = float((reference_predictions[scored] == labels).mean())
+        after = float((candidate_predictions[scored] == labels).mean())
         result.update(metric="accuracy", in_memory_accuracy=before, reloaded_accuracy=after,
                       metric_drop=before - after, max_metric_drop=max_metric_drop)
         if before - after > max_metric_drop + 1e-12:
@@ -154,6 +167,63 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 # ----------------------------------------------------------------------------- the save / merge gate
 
 
+def logits_of(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What a classifier is compared on: its ``[rows, labels]`` logits for the probe batch, in fp32."""
+    return model(**batch).logits.float()
+
+
+@dataclass
+class SavedRun:
+    """What :func:`save_and_gate` hands back: the module standing for the saved model (the merged one for a
+    merging method), the run read back from disk and its ``artifacts.json`` entry."""
+
+    saved: nn.Module
+    reloaded: nn.Module
+    entry: dict[str, Any]
+
+
+def save_and_gate(method, model: nn.Module, tokenizer, run_dir: Path, batch: dict[str, torch.Tensor],
+                  labels: np.ndarray | None, *, outputs: Callable[[nn.Module, dict], torch.Tensor] = logits_of,
+                  reload: Callable[[], nn.Module] | None = None, reloaded_with: str | None = None,
+                  after_save: Callable[[], None] | None = None, tolerance: float = SAVE_TOLERANCE,
+                  max_metric_drop: float = DEFAULT_MAX_METRIC_DROP, compared: str | None = None) -> SavedRun:
+    """Save ``model`` through ``method`` (and the tokenizer into ``model/``), then check twice on ``batch``:
+
+    1. the module ``Method.save`` returned (the merged model for a merging method) answers as the trained
+       one did (``save_check.json``; a merge that changes the outputs fails here);
+    2. the integrity gate (:func:`gate_saved_run`): the run read back from disk does too (``artifacts.json``).
+
+    ``outputs(model, batch)`` gives the ``[rows, classes]`` logits compared (default: a classifier's logits;
+    a language model passes its token logits, one row per token position) and ``labels`` one label per
+    row (negative: none) for the accuracy check. ``reload`` reads the run back (default: the method's
+    ``load``, as ``tuneforge predict`` does); ``after_save`` runs between saving and the checks (it may add
+    files to ``model/``); ``compared`` says in words what a probe row is (recorded when given). Raises
+    :class:`IntegrityError` when either check fails.
+    """
+    run_dir = Path(run_dir)
+    with torch.no_grad():
+        before = outputs(model, batch)
+    parameters = parameter_counts(model)  # before saving: a merge removes the adapter's parameters
+    saved = method.save(model, run_dir)
+    tokenizer.save_pretrained(run_dir / "model")
+    if after_save is not None:
+        after_save()
+    with torch.no_grad():
+        after = outputs(saved, batch)
+    difference = float((before - after).abs().max()) if before.shape == after.shape else float("inf")
+    check = {"probe_examples": int(before.shape[0]), "max_abs_logit_difference": difference,
+             "tolerance": tolerance, "passed": difference <= tolerance}
+    write_json_atomic(run_dir / SAVE_CHECK_NAME, check)
+    if not check["passed"]:
+        kept = (f"; the unmerged adapter is kept in {run_dir / 'adapter'}" if (run_dir / "adapter").is_dir() else "")
+        raise IntegrityError(f"the saved (merged) model's logits differ from the trained model's by {difference:.2e} "
+                             f"(> {tolerance}){kept}; see {run_dir / SAVE_CHECK_NAME}")
+    entry, reloaded = check_saved_run(method, model, saved, parameters, run_dir, batch, labels, before,
+                                      max_metric_drop, outputs=outputs, reload=reload, reloaded_with=reloaded_with,
+                                      tolerance=tolerance, compared=compared)
+    return SavedRun(saved=saved, reloaded=reloaded, entry=entry)
+
+
 def gate_saved_run(method, trained: nn.Module, saved: nn.Module, parameters: dict[str, int], run_dir: Path,
                    batch: dict[str, torch.Tensor], labels: np.ndarray | None, reference_logits: torch.Tensor,
                    max_metric_drop: float = DEFAULT_MAX_METRIC_DROP) -> dict[str, Any]:
@@ -165,23 +235,42 @@ def gate_saved_run(method, trained: nn.Module, saved: nn.Module, parameters: dic
     for a merging method); ``parameters``: trainable/total counts taken before saving (a merge removes the
     adapter's parameters).
     """
+    entry, _ = check_saved_run(method, trained, saved, parameters, run_dir, batch, labels, reference_logits,
+                               max_metric_drop)
+    return entry
+
+
+def check_saved_run(method, trained: nn.Module, saved: nn.Module, parameters: dict[str, int], run_dir: Path,
+                    batch: dict[str, torch.Tensor], labels: np.ndarray | None, reference_logits: torch.Tensor,
+                    max_metric_drop: float = DEFAULT_MAX_METRIC_DROP, *,
+                    outputs: Callable[[nn.Module, dict], torch.Tensor] = logits_of,
+                    reload: Callable[[], nn.Module] | None = None, reloaded_with: str | None = None,
+                    tolerance: float = SAVE_TOLERANCE, compared: str | None = None) -> tuple[dict[str, Any], nn.Module]:
+    """:func:`gate_saved_run` with its parts open: how the run is read back (``reload``, described by
+    ``reloaded_with``), what is compared (``outputs``) and how closely (``tolerance``). Returns the
+    ``artifacts.json`` entry and the reloaded model."""
     run_dir = Path(run_dir)
     device = reference_logits.device
+    if reload is None:
+        reload = lambda: type(method).load(run_dir, method.config)  # noqa: E731 - the default reader
+        reloaded_with = f"{type(method).__name__}.load (as tuneforge predict and eval load it)"
     try:
-        reloaded = type(method).load(run_dir, method.config).to(device).eval()
+        reloaded = reload().to(device).eval()
     except Exception as exc:  # noqa: BLE001 - any failure to read back is the finding
         reloaded, load_error = None, f"{type(exc).__name__}: {exc}"
     else:
         load_error = None
     if reloaded is not None:
         with torch.no_grad():
-            logits = reloaded(**batch).logits.float()
-        probe = compare_predictions(reference_logits.cpu().numpy(), logits.cpu().numpy(), labels, SAVE_TOLERANCE,
+            logits = outputs(reloaded, batch)
+        probe = compare_predictions(reference_logits.cpu().numpy(), logits.cpu().numpy(), labels, tolerance,
                                     max_metric_drop)
     else:
         probe = {"n_examples": int(reference_logits.shape[0]), "passed": False,
                  "problems": [f"the saved run cannot be loaded back ({load_error})"]}
-    probe["reloaded_with"] = f"{type(method).__name__}.load (as tuneforge predict and eval load it)"
+    probe["reloaded_with"] = reloaded_with
+    if compared is not None:
+        probe["compared"] = compared
     folders = [name for name in ("model", "adapter", "base") if (run_dir / name).is_dir()]
     entry = {
         "kind": "run",
@@ -206,7 +295,7 @@ def gate_saved_run(method, trained: nn.Module, saved: nn.Module, parameters: dic
               f"{type(in_memory).__name__}; load with model.load_state_dict(safetensors.torch.load_file(...))); "
               f"details in {run_dir / ARTIFACTS_NAME}. Do not use this run's saved model")
     record_artifact(run_dir / ARTIFACTS_NAME, "run", entry)
-    return entry
+    return entry, reloaded
 
 
 def in_memory_counterpart(trained: nn.Module, saved: nn.Module, reloaded: nn.Module | None) -> nn.Module:

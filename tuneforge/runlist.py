@@ -12,7 +12,7 @@ from typing import Any
 
 from tuneforge.errors import UserError
 
-COLUMNS = ("name", "task", "model", "method", "metric", "value", "minutes", "status", "started")
+COLUMNS = ("name", "task", "model", "method", "metric", "value", "minutes", "status", "checked", "started")
 SORT_KEYS = ("started", "name", "task", "model", "method", "value", "minutes", "status")
 # The main metric of a run: the first of these found, test results before validation ones.
 MAIN_METRICS = ("f1_macro", "f1_micro", "accuracy", "perplexity", "loss")
@@ -29,6 +29,17 @@ def main_metric(status: dict[str, Any]) -> tuple[str | None, float | None]:
             if isinstance(value, (int, float)):
                 return f"{name} ({split})", float(value)
     return None, None
+
+
+def integrity_state(run: Path) -> str | None:
+    """"passed" / "failed": how the run's saved model fared in the integrity gate (``artifacts.json``, written
+    when it was read back from disk); None when the run has no such record. ``tuneforge doctor RUN`` also
+    re-hashes the files."""
+    try:
+        entry = json.loads((run / "artifacts.json").read_text(encoding="utf-8"))["artifacts"]["run"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return "passed" if entry.get("passed") else "failed"
 
 
 def read_runs(folder: str | Path) -> list[dict[str, Any]]:
@@ -51,7 +62,7 @@ def read_runs(folder: str | Path) -> list[dict[str, Any]]:
         rows.append({"name": run.name, "path": str(run), "task": status.get("task"), "model": status.get("model"),
                      "method": status.get("method"), "metric": metric, "value": value,
                      "minutes": status.get("minutes"), "status": status.get("status"),
-                     "started": status.get("first_started") or status.get("started")})
+                     "checked": integrity_state(run), "started": status.get("first_started") or status.get("started")})
     return rows
 
 

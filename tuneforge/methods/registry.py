@@ -73,10 +73,13 @@ class Method:
         Methods that cannot be merged into a plain model override this to rebuild base + adapter.
         """
         from tuneforge.tasks.image import model_class_for
+        from tuneforge.tasks.multitask_model import is_multitask_folder, load_multitask_model
 
         model_dir = Path(run_dir) / "model"
         if not (model_dir / "config.json").is_file():
             raise UserError(f"{run_dir}: has no trained model (model/ is missing; did the run finish? see run.json)")
+        if is_multitask_folder(model_dir):  # task multitask: shared encoder + heads.safetensors + multitask.json
+            return load_multitask_model(model_dir)
         return model_class_for(model_dir).from_pretrained(model_dir).eval()  # a text or an image classifier
 
 

@@ -17,6 +17,10 @@ def task_for(name: str) -> Task:
         from tuneforge.tasks.multilabel import MultiLabelTask
 
         return MultiLabelTask()
+    if name == "multitask":
+        from tuneforge.tasks.multitask import MultiTaskTask
+
+        return MultiTaskTask()
     if name == "image-classification":
         from tuneforge.tasks.image import ImageClassificationTask
 

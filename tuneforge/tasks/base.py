@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,6 +41,19 @@ class Task:
     def encode(self, preprocessor: Any, split, recipe: Recipe, training: bool):
         """The split as model inputs; ``training``: the train split (augmented where the task augments)."""
         raise NotImplementedError
+
+    def training_batches(self, recipe: Recipe, encoded, batch_size: int, generator: random.Random) -> list[list[int]]:
+        """One epoch's training batches (lists of example indices), every example once, drawn from ``generator``
+        only (a resumed run replays them): length-grouped, or plainly shuffled with ``train.group_by_length: false``.
+        Multitask overrides it: each batch from one task, in the order ``multitask.sampling`` sets."""
+        from tuneforge.data.batching import length_grouped_batches, shuffled_batches
+
+        return (length_grouped_batches(encoded.lengths, batch_size, generator) if recipe.train.group_by_length
+                else shuffled_batches(len(encoded), batch_size, generator))
+
+    def batches_per_epoch(self, recipe: Recipe, encoded, batch_size: int) -> int:
+        """How many batches :meth:`training_batches` makes (the LR schedule's length)."""
+        return math.ceil(len(encoded) / batch_size)
 
     def loss_functions(self, recipe: Recipe, data, device: torch.device) -> tuple[nn.Module, nn.Module]:
         """(training loss, validation loss), each called as ``loss(logits, labels)``."""

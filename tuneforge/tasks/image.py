@@ -3,8 +3,9 @@ ViT, ConvNeXt, ...) from a local folder or hub id, with its head replaced for th
 image processor resizes and normalises (PIL/numpy: no torchvision needed).
 
 The train split is augmented per batch (``image:`` section: random resized crop, horizontal flip, MixUp,
-CutMix); validation and test never are. Methods: ``full``, ``freeze`` and ``gradual`` (the others are text-model
-methods here and are refused before any weights load).
+CutMix); validation and test never are. Methods: ``full``, ``freeze``, ``gradual``, ``lora``, ``dora`` and
+``ia3`` (vision transformers); the others are refused with the reason before any weights load. Distillation from
+an image teacher: :mod:`tuneforge.train.distill_image`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,29 @@ from torch import nn
 from tuneforge.config import ImageConfig, Recipe
 from tuneforge.errors import UserError
 from tuneforge.tasks.classification import ClassificationTask
+from tuneforge.train.distill import TEACHER_PIXELS
 
 # PEFT methods need the layers to adapt and the head to train named for image models (methods/peft_method.py):
-# done for LoRA and DoRA; the others (ia3, adalora, prefix, prompt, ...) are refused until they are too.
-IMAGE_METHODS = ("full", "freeze", "gradual", "lora", "dora")
+# done for LoRA and DoRA (any image model) and IA3 (vision transformers); the others are refused with a reason.
+IMAGE_METHODS = ("full", "freeze", "gradual", "lora", "dora", "ia3")
+# Why each other method is refused for image models (said to the user).
+IMAGE_METHOD_REFUSALS = {
+    "prefix": "its key/value prefixes are hooked into text models' self-attention (and initialised from their "
+              "vocabulary tokens by default); image models are not wired",
+    "prompt": "it prepends learned virtual tokens to the input token sequence; an image classifier reads pixels, "
+              "there is no token sequence to prepend to",
+    "ptuning": "it prepends learned virtual tokens to the input token sequence; an image classifier reads pixels, "
+               "there is no token sequence to prepend to",
+    "adalora": "not wired for image models yet (its per-step rank budget and the image targets/head of "
+               "methods/peft_method.py are not connected); LoRA and DoRA are",
+    "adapter": "its bottleneck layers are placed by the text-encoder layer layouts it knows; image models' are "
+               "not among them",
+}
+
+
+def is_vision_transformer_config(model_config: Any) -> bool:
+    """Whether an image model's config describes attention layers (ViT, DeiT, BEiT, ...), not a conv net."""
+    return getattr(model_config, "num_attention_heads", None) is not None
 
 
 def is_image_model_config(model_config: Any) -> bool:
@@ -73,6 +93,12 @@ def load_image_processor(source: str | Path):
 PIXEL_CACHE_BYTES = 1 << 30
 
 
+def augments(config: ImageConfig | None) -> bool:
+    """Whether ``config`` changes the train images from epoch to epoch (crop, flip, MixUp or CutMix)."""
+    return config is not None and (config.random_resized_crop is not None or config.horizontal_flip
+                                   or config.mixup is not None or config.cutmix is not None)
+
+
 class EncodedImages:
     """A split as the loop's batches: images are decoded, augmented (train only) and processed per batch.
     ``lengths`` are all 1, so length-grouped batching is plain shuffling."""
@@ -89,6 +115,11 @@ class EncodedImages:
                       if augment is not None else None)
         self.deterministic = augment is None or (augment.random_resized_crop is None and not augment.horizontal_flip)
         self.cache: dict[int, torch.Tensor] | None = {} if self.deterministic else None
+        # Distillation on augmented batches (tuneforge.train.distill_image sets these): the batch also carries the
+        # teacher's view of the same augmented images, under TEACHER_PIXELS: the student's own pixels when both
+        # models' processors agree, else the images through the teacher's processor, mixed with the same draws.
+        self.teacher_preprocessor: ImagePreprocessor | None = None
+        self.teacher_shares_pixels = False
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -98,10 +129,12 @@ class EncodedImages:
         return [1] * len(self.paths)
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        """``pixel_values`` and ``labels`` (class ids, or class probabilities after MixUp/CutMix)."""
+        """``pixel_values`` and ``labels`` (class ids, or class probabilities after MixUp/CutMix); with a
+        distillation teacher attached, also its view of the batch (``TEACHER_PIXELS``)."""
         from tuneforge.data.images import open_rgb
         from tuneforge.tasks.mixing import horizontal_flip, random_resized_crop
 
+        images = None
         if self.cache is not None and all(i in self.cache for i in indices):
             pixels = torch.stack([self.cache[i] for i in indices])
         else:
@@ -116,10 +149,20 @@ class EncodedImages:
                     self.cache = None  # too large to keep: process every batch
                 else:
                     self.cache.update(zip(indices, pixels))
+        teacher_pixels = None
+        if self.teacher_preprocessor is not None:
+            if images is None:  # served from the pixel cache: no crop or flip, so the plain images are the ones
+                images = [open_rgb(self.paths[i]) for i in indices]
+            teacher_pixels = self.teacher_preprocessor.pixels(images)
         labels = torch.tensor([self.labels[i] for i in indices], dtype=torch.long)
         if self.mixer is not None:
-            pixels, labels = self.mixer(pixels, labels)
-        return {"pixel_values": pixels, "labels": labels}
+            pixels, labels, teacher_pixels = self.mixer.mix(pixels, labels, teacher_pixels)
+        batch = {"pixel_values": pixels, "labels": labels}
+        if self.teacher_shares_pixels:
+            batch[TEACHER_PIXELS] = pixels
+        elif teacher_pixels is not None:
+            batch[TEACHER_PIXELS] = teacher_pixels
+        return batch
 
 
 class ImageClassificationTask(ClassificationTask):
@@ -136,11 +179,16 @@ class ImageClassificationTask(ClassificationTask):
             raise UserError(f"model {recipe.model} ({model_config.model_type}) is not an image-classification model; "
                             "task image-classification takes any AutoModelForImageClassification (resnet, "
                             "mobilenet_v2, vit, convnext, ...) as a local folder or hub id")
-        if getattr(recipe, "distill", None) is not None:
-            raise UserError("distill: not supported yet for task image-classification; remove the distill section")
-        if recipe.method.name not in IMAGE_METHODS:
-            raise UserError(f"method.name {recipe.method.name}: not supported yet for task image-classification; "
+        method = recipe.method.name
+        if method not in IMAGE_METHODS:
+            why = IMAGE_METHOD_REFUSALS.get(method, "not wired for image models")
+            raise UserError(f"method.name {method}: not supported yet for task image-classification ({why}); "
                             f"use one of {', '.join(IMAGE_METHODS)}")
+        if method == "ia3" and not is_vision_transformer_config(model_config):
+            raise UserError(f"method.name ia3: {recipe.model} ({model_config.model_type}) is a convolutional model; "
+                            "IA3 rescales attention keys/values and the feed-forward activations of transformer "
+                            "layers, which a conv net does not have; use lora or dora (they adapt its Conv2d "
+                            "layers), freeze or full")
 
     def load_model(self, recipe: Recipe, label_names: list[str]):
         from transformers import AutoConfig, AutoModelForImageClassification

@@ -78,15 +78,40 @@ class BatchMixer:
 
     def __call__(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pixels, labels): unchanged class ids, or mixed pixels with class-probability targets."""
+        mixed, targets, _ = self.mix(pixels, labels)
+        return mixed, targets
+
+    def mix(self, pixels: torch.Tensor, labels: torch.Tensor, companion: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Like calling the mixer, and ``companion`` (the same images as another model's processor made them,
+        e.g. a distillation teacher's, possibly of another size) is mixed with the same draws: the same lambda
+        and pairs, and for CutMix the same box in relative coordinates."""
         if not self.kinds or len(labels) < 2:
-            return pixels, labels
+            return pixels, labels, companion
         name, config = self.kinds[int(self.generator.integers(len(self.kinds)))]
         if self.generator.random() >= config.probability:
-            return pixels, labels
+            return pixels, labels, companion
         lam = float(self.generator.beta(config.alpha, config.alpha))
         permutation = torch.from_numpy(self.generator.permutation(len(labels)))
         targets = torch.nn.functional.one_hot(labels, self.num_labels).float()
         if name == "mixup":
-            return mixup(pixels, targets, lam, permutation)
-        mixed, mixed_targets, _, _ = cutmix(pixels, targets, lam, permutation, self.generator)
-        return mixed, mixed_targets
+            mixed, mixed_targets = mixup(pixels, targets, lam, permutation)
+            if companion is not None:
+                companion, _ = mixup(companion, targets, lam, permutation)
+            return mixed, mixed_targets, companion
+        mixed, mixed_targets, box, _ = cutmix(pixels, targets, lam, permutation, self.generator)
+        if companion is not None:
+            companion = paste_box(companion, permutation, box, tuple(pixels.shape[-2:]))
+        return mixed, mixed_targets, companion
+
+
+def paste_box(pixels: torch.Tensor, permutation: torch.Tensor, box: tuple[int, int, int, int],
+              size: tuple[int, int]) -> torch.Tensor:
+    """CutMix's paste of ``box`` (top, bottom, left, right in an image of ``size``) into ``pixels``, the box
+    scaled to ``pixels``' own height and width."""
+    height, width = pixels.shape[-2:]
+    top, bottom = (round(v * height / size[0]) for v in box[:2])
+    left, right = (round(v * width / size[1]) for v in box[2:])
+    mixed = pixels.clone()
+    mixed[..., top:bottom, left:right] = pixels[permutation][..., top:bottom, left:right]
+    return mixed

@@ -442,3 +442,22 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, checkpoint: Path | None) -> None:
         super().__init__("interrupted")
         self.checkpoint = checkpoint
+
+
+def snapshot_trainable(method, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights the optimizer owns: the best epoch's, kept while training goes on."""
+    return {name: p.detach().to("cpu", copy=True) for name, p in method.optimizer_parameters(model)}
+
+
+def keep_best_epoch(model: torch.nn.Module, best_state: dict[str, torch.Tensor] | None,
+                    gradient_checkpointing: bool) -> None:
+    """Make ``model`` the model to save: the best epoch's weights put back (when a snapshot was kept), gradient
+    checkpointing off, eval mode."""
+    if best_state is not None:
+        with torch.no_grad():
+            parameters = dict(model.named_parameters())
+            for name, value in best_state.items():
+                parameters[name].copy_(value.to(parameters[name].device))
+    if gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+    model.eval()

@@ -9,6 +9,9 @@ to a subset of its layers (:func:`shrink_student`, e.g. every other layer as Dis
 teacher's logits for the train split once per run (kept on disk in the tuneforge cache, keyed by the teacher's
 files and the texts, so the next run or search trial on the same data reuses them) and the loss
 (:class:`Distiller`). The loop adds the soft term to its own cross-entropy; nothing else in it changes.
+Image students (``task: image-classification``) learn from an image teacher through the same code: see
+:mod:`tuneforge.train.distill_image` for the teacher's images and for augmented train splits, where the
+teacher runs on every augmented batch instead of once.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +32,14 @@ from tuneforge.config import DistillConfig, Recipe
 from tuneforge.data.batching import EncodedSplit, encode_split, iterate_batches, sorted_batches
 from tuneforge.data.examples import ClassificationData, Split
 from tuneforge.errors import UserError
+
+if TYPE_CHECKING:
+    from tuneforge.train.distill_image import BatchTeacher, ImageTeacher
+
+# Tasks whose students can be distilled: softmax classifiers over texts or images.
+DISTILL_TASKS = ("classification", "image-classification")
+# Batch key of a teacher's own view of an augmented image batch (EncodedImages puts it there; the loop pops it).
+TEACHER_PIXELS = "teacher_pixel_values"
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, hard_loss: torch.Tensor,
@@ -76,9 +87,16 @@ def check_teacher(recipe: Recipe, data: ClassificationData, student_config: Any)
     config = recipe.distill
     if config is None:
         return
-    if recipe.task != "classification":
-        raise UserError(f"distill: task {recipe.task} is not supported yet (classification only)")
+    if recipe.task not in DISTILL_TASKS:
+        raise UserError(f"distill: task {recipe.task} is not supported yet (classification and "
+                        "image-classification only)")
     names = teacher_label_names(config)
+    from tuneforge.train.distill_image import is_image_teacher
+
+    images = recipe.task == "image-classification"
+    if is_image_teacher(config) != images:
+        raise UserError(f"distill.teacher: {config.teacher} is {'a text' if images else 'an image'} classifier and the "
+                        f"student's task is {recipe.task}; distil from a teacher that reads the same inputs")
     if sorted(names) != sorted(data.label_names):
         missing = sorted(set(data.label_names) - set(names))
         extra = sorted(set(names) - set(data.label_names))
@@ -87,6 +105,11 @@ def check_teacher(recipe: Recipe, data: ClassificationData, student_config: Any)
                         "trained for the same labels")
     if config.student_layers is not None:
         layers = getattr(student_config, "num_hidden_layers", None)
+        if layers is None and images:
+            raise UserError(f"distill.student_layers: {recipe.model} ({student_config.model_type}) is a convolutional "
+                            "image model: its stages differ in width, so layers cannot be dropped as an encoder's "
+                            "can; choose a smaller image model as `model:` instead (e.g. a MobileNetV2 student of a "
+                            "ResNet teacher) and remove the key")
         if layers is None:
             raise UserError(f"distill.student_layers: cannot tell how many layers {recipe.model} has; remove the key")
         keep = student_layer_indices(config.student_layers, layers)
@@ -135,7 +158,12 @@ class Teacher:
 
 
 def load_teacher(config: DistillConfig, max_length: int) -> Teacher:
-    """Load the teacher: a tuneforge run (any method, through its Predictor) or a classification model."""
+    """Load the teacher: a tuneforge run (any method, through its Predictor) or a classification model
+    (an image teacher: :func:`tuneforge.train.distill_image.load_image_teacher`)."""
+    from tuneforge.train.distill_image import is_image_teacher, load_image_teacher
+
+    if is_image_teacher(config):
+        return load_image_teacher(config)
     path = Path(config.teacher).expanduser()
     if is_run_folder(path):
         from tuneforge.predict import Predictor
@@ -165,9 +193,13 @@ def _folder_fingerprint(folders: list[Path]) -> str:
 
 
 @torch.no_grad()
-def teacher_logits(teacher: Teacher, split: Split, label_names: list[str], device: torch.device,
+def teacher_logits(teacher: Teacher | ImageTeacher, split: Split, label_names: list[str], device: torch.device,
                    batch_size: int = 64) -> np.ndarray:
     """The teacher's logits for every example of ``split``, columns in ``label_names`` order."""
+    from tuneforge.train.distill_image import ImageTeacher, image_teacher_logits
+
+    if isinstance(teacher, ImageTeacher):
+        return image_teacher_logits(teacher, split, label_names, device, batch_size)
     encoded: EncodedSplit = encode_split(teacher.tokenizer, split, teacher.max_length)
     pad_id = teacher.tokenizer.pad_token_id if teacher.tokenizer.pad_token_id is not None else 0
     model = teacher.model.to(device).eval()
@@ -202,6 +234,9 @@ def _cache_path(fingerprint: str, max_length: int, split: Split, label_names: li
         digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
     for text in split.text_pairs or []:
         digest.update(b"\1" + text.encode("utf-8", "surrogatepass") + b"\0")
+    for path in getattr(split, "paths", None) or []:  # images: a file rewritten in place changes the key too
+        stat = Path(path).stat()
+        digest.update(f"\2{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
     return cache_root() / "teacher_logits" / f"{digest.hexdigest()[:32]}.npy"
 
 
@@ -230,35 +265,67 @@ def cached_teacher_logits(config: DistillConfig, split: Split, label_names: list
 
 
 class Distiller:
-    """Adds the teacher's soft targets to the loop's loss; the teacher's logits are computed once per run."""
+    """Adds the teacher's soft targets to the loop's loss. The teacher's logits of the train split are computed
+    once per run (``logits``); for an augmented image train split, where the student sees new pixels every
+    epoch, the teacher runs on each augmented batch instead (``batch_teacher``)."""
 
-    def __init__(self, logits: np.ndarray, alpha: float, temperature: float, device: torch.device) -> None:
-        self.logits = torch.from_numpy(logits).to(device)
+    def __init__(self, logits: np.ndarray | None, alpha: float, temperature: float, device: torch.device,
+                 batch_teacher: BatchTeacher | None = None) -> None:
+        self.logits = torch.from_numpy(logits).to(device) if logits is not None else None
+        self.batch_teacher = batch_teacher
         self.alpha = alpha
         self.temperature = temperature
 
     @classmethod
     def for_run(cls, recipe: Recipe, data: ClassificationData, run_dir: Path, device: torch.device,
-                log=print) -> "Distiller":
-        """Teacher logits for the train split (and its validation accuracy, recorded in ``distill.json``)."""
+                log=print, train_set: Any = None) -> "Distiller":
+        """Teacher logits for the train split (and its validation accuracy, recorded in ``distill.json``); with an
+        augmented image ``train_set``, the teacher attached to it to run per batch instead."""
         import time
+
+        from tuneforge.tasks.image import augments
 
         config = recipe.distill
         started = time.perf_counter()
-        train_logits = cached_teacher_logits(config, data.train, data.label_names, recipe.data.max_length, device, log)
+        per_batch = recipe.task == "image-classification" and augments(recipe.image)
+        train_logits, batch_teacher = None, None
+        if per_batch:
+            from tuneforge.train.distill_image import batch_teacher_for
+
+            batch_teacher, shared = batch_teacher_for(config, train_set, data.label_names, device)
+            log("distillation: the train images are augmented (random crop, flip, MixUp or CutMix), so the teacher "
+                "runs on every augmented batch (logits cached from the plain images would not match what the "
+                "student sees); it reads " + ("the student's pixels (same image processor)" if shared else
+                                              "the same augmented images through its own image processor"))
+        else:
+            train_logits = cached_teacher_logits(config, data.train, data.label_names, recipe.data.max_length,
+                                                 device, log)
         validation_logits = cached_teacher_logits(config, data.validation, data.label_names, recipe.data.max_length,
                                                   device, log)
         seconds = time.perf_counter() - started
         validation_accuracy = float((validation_logits.argmax(1) == np.asarray(data.validation.labels)).mean())
-        train_accuracy = float((train_logits.argmax(1) == np.asarray(data.train.labels)).mean())
+        train_accuracy = (float((train_logits.argmax(1) == np.asarray(data.train.labels)).mean())
+                          if train_logits is not None else None)
         record = {"teacher": config.teacher, "alpha": config.alpha, "temperature": config.temperature,
-                  "student_layers": config.student_layers, "teacher_train_accuracy": train_accuracy,
+                  "student_layers": config.student_layers,
+                  "teacher_logits": "per_batch (augmented train images)" if per_batch else "cached once",
+                  "teacher_train_accuracy": train_accuracy,
                   "teacher_validation_accuracy": validation_accuracy, "teacher_seconds": round(seconds, 2)}
         (run_dir / "distill.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-        log(f"distillation: teacher {config.teacher} (validation accuracy {validation_accuracy:.4f}); logits for "
-            f"{len(data.train)} train examples ready in {seconds:.1f}s; alpha {config.alpha}, T {config.temperature}")
-        return cls(train_logits, config.alpha, config.temperature, device)
+        ready = ("teacher ready" if per_batch else f"logits for {len(data.train)} train examples ready")
+        log(f"distillation: teacher {config.teacher} (validation accuracy {validation_accuracy:.4f}); {ready} in "
+            f"{seconds:.1f}s; alpha {config.alpha}, T {config.temperature}")
+        return cls(train_logits, config.alpha, config.temperature, device, batch_teacher)
 
-    def loss(self, student_logits: torch.Tensor, hard_loss: torch.Tensor, indices: list[int]) -> torch.Tensor:
-        """The distillation loss of a batch of train examples (``indices`` into the train split)."""
-        return distillation_loss(student_logits, self.logits[indices], hard_loss, self.alpha, self.temperature)
+    def loss(self, student_logits: torch.Tensor, hard_loss: torch.Tensor, indices: list[int],
+             teacher_inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """The distillation loss of a batch of train examples (``indices`` into the train split).
+        ``teacher_inputs``: the teacher's view of an augmented image batch (``TEACHER_PIXELS``), which the
+        teacher reads now; without it, the batch's rows of the logits computed once."""
+        if teacher_inputs is not None:
+            soft_targets = self.batch_teacher(teacher_inputs)
+        elif self.logits is not None:
+            soft_targets = self.logits[indices]
+        else:  # a bug, not bad input: an augmented split must carry the teacher's view of each batch
+            raise RuntimeError("distillation: the batch carries no teacher inputs and no logits were cached")
+        return distillation_loss(student_logits, soft_targets, hard_loss, self.alpha, self.temperature)

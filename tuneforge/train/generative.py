@@ -36,14 +36,18 @@ from tuneforge.methods import Method, build_method
 from tuneforge.methods.layout import has_plain_model
 from tuneforge.models import load_model_config, resolve_model
 from tuneforge.run import RunStatus, append_jsonl, new_run_dir, write_json_atomic
-from tuneforge.train.optim import build_optimizer, build_scheduler
+from tuneforge.train.checkpoint import keep_best_epoch, snapshot_trainable
+from tuneforge.train.optim import build_optimizer, build_scheduler, take_optimizer_step
 from tuneforge.train.runtime import Runtime, resolve_precision, setup_runtime
 
 # Methods checked on decoders and masked LMs (tests/test_generative.py); the others are refused, not guessed.
 GENERATIVE_METHODS = {"sft": ("full", "freeze", "lora", "dora", "prefix", "prompt"),
                       "causal-lm": ("full", "freeze", "lora", "dora", "prefix", "prompt"),
                       "masked-lm": ("full", "freeze", "lora", "dora")}
-SAVE_TOLERANCE = 1e-3  # max |logit| difference between the trained and the saved-then-reloaded model
+# The integrity gate's probe: the first validation rows, and at most this many of their token positions
+# (each compares a whole vocabulary of logits: 512 x 49,152 for SmolLM2).
+PROBE_ROWS = 4
+PROBE_MAX_TOKENS = 512
 
 
 @dataclass
@@ -348,13 +352,8 @@ def train_generative(recipe: Recipe, data: GenerativeData, run_dir: Path, log=pr
             running_count += len(indices)
             is_last = batch_index == len(order) - 1
             if (batch_index + 1) % config.grad_accum_steps == 0 or is_last:
-                if config.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]
-                                                    if p.grad is not None], config.max_grad_norm)
-                optimizer.step()
-                method.on_optimizer_step(model, optimizer_step + 1, steps_per_epoch * config.epochs)
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                take_optimizer_step(optimizer, scheduler, method, model, config.max_grad_norm, optimizer_step + 1,
+                                    steps_per_epoch * config.epochs)
                 optimizer_step += 1
                 if deadline is not None and time.perf_counter() > deadline:
                     out_of_time = True
@@ -383,7 +382,7 @@ def train_generative(recipe: Recipe, data: GenerativeData, run_dir: Path, log=pr
             f"{validation['perplexity']:.2f} ({train_seconds:.0f}s, {record['samples_per_s']:.2f} rows/s)")
         if best_loss is None or validation["loss"] < best_loss:
             best_loss, best_epoch, best_validation = validation["loss"], epoch + 1, validation
-            best_state = {name: p.detach().to("cpu", copy=True) for name, p in method.optimizer_parameters(model)}
+            best_state = snapshot_trainable(method, model)
             epochs_without_improvement = 0
         else:
             epochs_without_improvement += 1
@@ -396,14 +395,7 @@ def train_generative(recipe: Recipe, data: GenerativeData, run_dir: Path, log=pr
             break
 
     # --- keep the best epoch, save, reload and check -------------------------------------------------
-    if best_state is not None:
-        with torch.no_grad():
-            parameters = dict(model.named_parameters())
-            for name, value in best_state.items():
-                parameters[name].copy_(value.to(parameters[name].device))
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
-    model.eval()
+    keep_best_epoch(model, best_state, config.gradient_checkpointing)
     saved = save_generative(method, model, tokenizer, recipe, run_dir, validation_set, batches, device)
     return GenerativeResult(model=saved, tokenizer=tokenizer, runtime=runtime, best_epoch=best_epoch,
                             best_validation=best_validation, base_validation=base_validation,
@@ -431,31 +423,60 @@ def data_counts(recipe: Recipe, encoded: dict[str, EncodedExamples]) -> dict[str
 
 def save_generative(method: Method, model: nn.Module, tokenizer, recipe: Recipe, run_dir: Path,
                     probe_set: EncodedExamples, batches: Batches, device: torch.device) -> nn.Module:
-    """Save through the method, load the run folder back and check its logits equal the trained model's."""
-    probe = batches.make(probe_set, list(range(min(len(probe_set), 8))))
-    probe = {k: v.to(device) for k, v in probe.items() if k != "labels"}
-    with torch.no_grad():
-        before = model(**probe).logits.float()
-    method.save(model, run_dir)
-    tokenizer.save_pretrained(run_dir / "model")
-    if recipe.task == "masked-lm" and has_plain_model(run_dir):
-        carried = carry_unused_weights(Path(resolve_model(recipe.model)), run_dir / "model",
-                                       getattr(model, "base_model_prefix", ""))
-        if carried:
-            write_json_atomic(run_dir / "model" / "carried_weights.json", carried)
-    loaded = load_generative_run(run_dir, recipe).to(device)
-    with torch.no_grad():
-        after = loaded(**probe).logits.float()
-    if after.shape != before.shape:  # prompt tuning returns logits for its virtual tokens too
-        after = after[:, -before.shape[1]:]
-    difference = float((before - after).abs().max())
-    check = {"probe_examples": int(before.shape[0]), "max_abs_logit_difference": difference,
-             "tolerance": SAVE_TOLERANCE, "passed": difference <= SAVE_TOLERANCE}
-    write_json_atomic(run_dir / "save_check.json", check)
-    if not check["passed"]:
-        raise RuntimeError(f"the saved model's logits differ from the trained model's by {difference:.2e} "
-                           f"(> {SAVE_TOLERANCE}); see {run_dir / 'save_check.json'}")
-    return loaded
+    """Save through the method and pass the integrity gate shared with classification runs
+    (:func:`tuneforge.integrity.save_and_gate`): the run folder read back as ``tuneforge generate`` reads it
+    must give the trained model's token logits on a few encoded validation examples (``artifacts.json``).
+    Returns the reloaded model, so that the test evaluation scores what is on disk."""
+    from tuneforge.integrity import LANGUAGE_MODEL_TOLERANCE, save_and_gate
+
+    rows = list(range(min(len(probe_set), PROBE_ROWS)))
+    batch = {k: v.to(device) for k, v in batches.make(probe_set, rows).items()}
+    positions, targets = probe_positions(batch, batch.pop("labels"), [len(probe_set.input_ids[i]) for i in rows],
+                                         causal=recipe.task != "masked-lm")
+
+    def carry_pooler() -> None:
+        if recipe.task == "masked-lm" and has_plain_model(run_dir):
+            carried = carry_unused_weights(Path(resolve_model(recipe.model)), run_dir / "model",
+                                           getattr(model, "base_model_prefix", ""))
+            if carried:
+                write_json_atomic(run_dir / "model" / "carried_weights.json", carried)
+
+    checked = save_and_gate(method, model, tokenizer, run_dir, batch, targets.cpu().numpy(),
+                            outputs=lambda module, inputs: token_logits(module, inputs, positions),
+                            reload=lambda: load_generative_run(run_dir, recipe),
+                            reloaded_with="load_generative_run (as tuneforge generate loads it)",
+                            after_save=carry_pooler, tolerance=LANGUAGE_MODEL_TOLERANCE,
+                            max_metric_drop=recipe.export.max_metric_drop,
+                            compared=f"token logits at {len(positions)} non-padding positions of {len(rows)} "
+                                     f"validation rows; accuracy over the {int((targets >= 0).sum())} "
+                                     + ("masked positions" if recipe.task == "masked-lm" else
+                                        "positions whose next token is trained"))
+    return checked.reloaded
+
+
+def probe_positions(batch: dict[str, torch.Tensor], labels: torch.Tensor, lengths: list[int],
+                    causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat indices of the probe batch's real (non-padding) token positions, at most
+    ``PROBE_MAX_TOKENS``, and the token each of them is trained to predict (-100: none, e.g. a prompt token).
+    ``lengths``: each row's token count, for packed rows (their 4-D block mask does not say where padding is)."""
+    mask = batch.get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        real = mask.bool()
+    else:  # collate pads packed rows on the right
+        real = torch.zeros_like(labels, dtype=torch.bool)
+        for row, length in enumerate(lengths):
+            real[row, :length] = True
+    # A causal LM's logits at position t predict the token at t + 1; a masked LM's predict the token at t.
+    targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1) if causal else labels
+    positions = real.flatten().nonzero().squeeze(1)[:PROBE_MAX_TOKENS]
+    return positions, targets.flatten()[positions]
+
+
+def token_logits(model: nn.Module, batch: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
+    """``[tokens, vocabulary]`` fp32 logits of ``model`` at the probe's flat token ``positions``."""
+    logits = model(**batch).logits.float()
+    logits = logits[:, -batch["input_ids"].shape[1]:]  # prompt tuning also returns logits for its virtual tokens
+    return logits.reshape(-1, logits.shape[-1])[positions]
 
 
 def carry_unused_weights(source: Path, model_dir: Path, prefix: str) -> list[str]:

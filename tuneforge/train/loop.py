@@ -16,7 +16,6 @@ batch through DDP and rank 0 alone writes.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -33,26 +32,25 @@ from tqdm.auto import tqdm
 
 from tuneforge.anatomy import describe, frozen_blocks_to_eval
 from tuneforge.config import Recipe
-from tuneforge.data.batching import EncodedSplit, iterate_batches, length_grouped_batches, shuffled_batches
+from tuneforge.data.batching import EncodedSplit, iterate_batches
 from tuneforge.data.examples import ClassificationData
 from tuneforge.methods import Method, build_method
 from tuneforge.models import resolve_model
 from tuneforge.train.activation_cache import CachedPrefix, build_cache
 from tuneforge.train.checkpoint import (BadStepGuard, Checkpointer, LoopState, StopRequest, TrainingInterrupted,
-                                        check_free_disk, restore, truncate_metrics)
+                                        check_free_disk, keep_best_epoch, restore, snapshot_trainable,
+                                        truncate_metrics)
 from tuneforge.train.distributed import distributed
 from tuneforge.train.tracking import MetricsLog
 from tuneforge.tasks import task_for
-from tuneforge.train.distill import Distiller, shrink_student
-from tuneforge.train.optim import build_optimizer, build_scheduler
+from tuneforge.train.distill import TEACHER_PIXELS, Distiller, shrink_student
+from tuneforge.train.optim import build_optimizer, build_scheduler, take_optimizer_step
 from tuneforge.train.runtime import Runtime, setup_runtime
 
 # Names under which transformers configs keep their dropout probabilities.
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
                 "attention_dropout", "seq_classif_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop",
                 "attn_pdrop", "summary_first_dropout")
-
-MERGE_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -171,11 +169,13 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
     # --- optimisation --------------------------------------------------------------------------------
     optimizer = build_optimizer(model, method.optimizer_parameters(model), config)
     global_batch_size = config.batch_size * dist.world_size  # each process trains on its share of a batch
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / global_batch_size) / config.grad_accum_steps)
+    steps_per_epoch = math.ceil(task.batches_per_epoch(recipe, train_set, global_batch_size) / config.grad_accum_steps)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch * config.epochs)
     loss_fn, eval_loss_fn = task.loss_functions(recipe, data, device)  # [task] cross-entropy, or BCE (multilabel)
-    # distill: the teacher's logits for the train split, computed once (or read from the cache), not every epoch
-    distiller = Distiller.for_run(recipe, data, run_dir, device, log) if recipe.distill is not None else None
+    # distill: the teacher's logits for the train split, computed once (or read from the cache), not every epoch;
+    # augmented images: the teacher runs on each augmented batch instead (its view rides in the batch)
+    distiller = (Distiller.for_run(recipe, data, run_dir, device, log, train_set=train_set)
+                 if recipe.distill is not None else None)
     scaler = torch.amp.GradScaler(device.type) if runtime.use_grad_scaler else None
     batch_order = random.Random(config.seed)
 
@@ -225,8 +225,8 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
         if resuming_this_epoch:  # draw the same batches as the interrupted run did, then skip those done
             batch_order.setstate(position.epoch_batch_order_state)
         epoch_order_state = batch_order.getstate()
-        batches = (length_grouped_batches(train_set.lengths, global_batch_size, batch_order)
-                   if config.group_by_length else shuffled_batches(len(train_set), global_batch_size, batch_order))
+        # [task] length-grouped (or shuffled) batches; multitask: each from one task, mixed by multitask.sampling
+        batches = task.training_batches(recipe, train_set, global_batch_size, batch_order)
         batches, loss_weights = dist.shard(batches)  # this process's share of each batch (all of it, alone)
         first_batch = position.batches_done if resuming_this_epoch else 0
         progress = tqdm(batches[first_batch:], desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
@@ -239,6 +239,7 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
         for batch_index, (indices, batch) in enumerate(
                 zip(progress, iterate_batches(train_set, batches[first_batch:], pad_id)), start=first_batch):
             labels = batch.pop("labels").to(device)
+            teacher_inputs = batch.pop(TEACHER_PIXELS, None)  # distill on augmented images: the teacher's view
             inputs = {key: value.to(device) for key, value in batch.items()}
             if prefix:
                 prefix.select(train_cache, indices)
@@ -246,7 +247,8 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
                 logits = train_model(**inputs).logits
             loss = loss_fn(logits.float(), labels)
             if distiller is not None:  # (1 - alpha) * CE + alpha * T^2 * KL(teacher || student)
-                loss = distiller.loss(logits.float(), loss, indices)
+                loss = distiller.loss(logits.float(), loss, indices,
+                                      teacher_inputs.to(device) if teacher_inputs is not None else None)
             finite = dist.all_true(bool(torch.isfinite(loss)))  # all processes skip together (DDP syncs backward)
             if finite:
                 scaled = loss * (loss_weights[batch_index] if loss_weights else 1.0) / config.grad_accum_steps
@@ -262,19 +264,8 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
                 optimizer.zero_grad(set_to_none=True)
                 window_finite = True
             elif took_step:
-                if scaler:
-                    scaler.unscale_(optimizer)
-                if config.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]
-                                                    if p.grad is not None], config.max_grad_norm)
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                method.on_optimizer_step(model, optimizer_step + 1, steps_per_epoch * config.epochs)
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                take_optimizer_step(optimizer, scheduler, method, model, config.max_grad_norm, optimizer_step + 1,
+                                    steps_per_epoch * config.epochs, scaler)
                 optimizer_step += 1
                 if deadline is not None and time.perf_counter() > deadline:
                     out_of_time = True
@@ -326,7 +317,7 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
         improved = best_score is None or (score > best_score if higher_is_better else score < best_score)
         if improved or stopping is None:
             best_score, best_epoch, best_metrics = score, epoch + 1, metrics
-            best_state = {name: p.detach().to("cpu", copy=True) for name, p in method.optimizer_parameters(model)}
+            best_state = snapshot_trainable(method, model)
             epochs_without_improvement = 0
         else:
             epochs_without_improvement += 1
@@ -346,14 +337,7 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
     # --- keep the best epoch and save it -------------------------------------------------------------
     metrics_log.close()
     cache_context.close()  # the model computes its full forward again from here on
-    if best_state is not None:
-        with torch.no_grad():
-            parameters = dict(model.named_parameters())
-            for name, value in best_state.items():
-                parameters[name].copy_(value.to(parameters[name].device))
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
-    model.eval()
+    keep_best_epoch(model, best_state, config.gradient_checkpointing)
     dist.wait()
     if not dist.is_main:  # rank 0 saves; the other processes' weights are the same
         return TrainResult(model=model, tokenizer=tokenizer, runtime=runtime, best_epoch=best_epoch,
@@ -369,28 +353,13 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
 
 def save_model(method: Method, model: nn.Module, tokenizer, run_dir: Path, probe_set: EncodedSplit,
                pad_id: int, device: torch.device, max_metric_drop: float = 0.01) -> nn.Module:
-    """Save through the method, then check the saved-for-deployment module answers as the trained one did,
-    and (the integrity gate, :mod:`tuneforge.integrity`) that the run read back from disk does too."""
-    from tuneforge.integrity import IntegrityError, gate_saved_run
+    """Save through the method and pass the integrity gate (:func:`tuneforge.integrity.save_and_gate`, shared
+    with the generative loop): the saved-for-deployment module, and the run read back from disk, must answer
+    a probe batch of up to 32 validation rows as the trained model did."""
+    from tuneforge.integrity import save_and_gate
 
     probe = next(iterate_batches(probe_set, [list(range(min(len(probe_set), 32)))], pad_id))
     probe_labels = probe.pop("labels").numpy()
     batch = {key: value.to(device) for key, value in probe.items()}
-    with torch.no_grad():
-        before = model(**batch).logits.float()
-    trainable, total = count_parameters(model)  # before saving: a merge removes the adapter's parameters
-    saved = method.save(model, run_dir)
-    tokenizer.save_pretrained(run_dir / "model")
-    with torch.no_grad():
-        after = saved(**batch).logits.float()
-    difference = float((before - after).abs().max())
-    check = {"probe_examples": int(before.shape[0]), "max_abs_logit_difference": difference,
-             "tolerance": MERGE_TOLERANCE, "passed": difference <= MERGE_TOLERANCE}
-    (run_dir / "save_check.json").write_text(json.dumps(check, indent=2), encoding="utf-8")
-    if not check["passed"]:
-        kept = (f"; the unmerged adapter is kept in {run_dir / 'adapter'}" if (run_dir / "adapter").is_dir() else "")
-        raise IntegrityError(f"the saved (merged) model's logits differ from the trained model's by {difference:.2e} "
-                             f"(> {MERGE_TOLERANCE}){kept}; see {run_dir / 'save_check.json'}")
-    gate_saved_run(method, model, saved, {"trainable": trainable, "total": total}, run_dir, batch, probe_labels,
-                   before, max_metric_drop)
-    return saved
+    return save_and_gate(method, model, tokenizer, run_dir, batch, probe_labels,
+                         max_metric_drop=max_metric_drop).saved

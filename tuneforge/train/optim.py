@@ -45,3 +45,24 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total
     name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[config.scheduler]
     warmup = int(round(config.warmup_ratio * total_steps))
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=max(total_steps, 1))
+
+
+def take_optimizer_step(optimizer: torch.optim.Optimizer, scheduler, method, model: nn.Module,
+                        max_grad_norm: float | None, step: int, total_steps: int,
+                        scaler: torch.amp.GradScaler | None = None) -> None:
+    """The optimizer step that ends an accumulation window: unscale (fp16's GradScaler), clip the gradients to
+    ``max_grad_norm``, step, the method's hook for step ``step`` (1-based) of ``total_steps``, the schedule,
+    then clear the gradients."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"] if p.grad is not None],
+                                       max_grad_norm)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    method.on_optimizer_step(model, step, total_steps)
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
