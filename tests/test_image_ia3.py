@@ -11,13 +11,11 @@ import torch
 
 from conftest import run_cli
 from test_image_classification import make_tiny_image_model
-from test_image_peft import few_digits, lora_recipe, probe_pixels  # noqa: F401 (few_digits is a fixture)
+from test_image_peft import assert_merged_equals_base_plus_adapter, few_digits, lora_recipe  # noqa: F401
 
 
 def test_ia3_on_a_vision_transformer_rescales_keys_values_and_ffn_and_merges(few_digits, tmp_path):  # noqa: F811
-    from peft import PeftModel
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForImageClassification
 
     source = make_tiny_image_model(tmp_path / "vit", "vit")
     run = tmp_path / "run"
@@ -35,15 +33,7 @@ def test_ia3_on_a_vision_transformer_rescales_keys_values_and_ffn_and_merges(few
     assert len(vectors) == 3 * 2  # k, v and fc2 in each of the 2 layers
     assert any(not torch.allclose(value, torch.ones_like(value)) for value in vectors.values())  # they trained
     # independently of tuneforge: original weights + fresh 10-way head + the adapter == the merged run/model
-    merged = AutoModelForImageClassification.from_pretrained(run / "model").eval()
-    config = AutoConfig.from_pretrained(source, num_labels=10, id2label=merged.config.id2label,
-                                        label2id=merged.config.label2id)
-    base = AutoModelForImageClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
-    unmerged = PeftModel.from_pretrained(base, run / "adapter").eval()
-    pixels = probe_pixels(few_digits, run / "model")
-    with torch.no_grad():
-        torch.testing.assert_close(merged(pixel_values=pixels).logits, unmerged(pixel_values=pixels).logits,
-                                   atol=1e-4, rtol=0)
+    assert_merged_equals_base_plus_adapter(source, run, few_digits)
 
 
 @pytest.mark.parametrize("kind, method, reason", [

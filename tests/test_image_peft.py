@@ -65,11 +65,26 @@ def probe_pixels(digits: dict[str, Path], model_dir: Path) -> torch.Tensor:
     return processor([Image.open(path).convert("RGB") for path in paths], return_tensors="pt")["pixel_values"]
 
 
+def assert_merged_equals_base_plus_adapter(source: Path, run: Path, digits: dict[str, Path]) -> None:
+    """Without tuneforge: ``source`` with a fresh 10-way head + ``run/adapter`` answers as ``run/model`` does."""
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    merged = AutoModelForImageClassification.from_pretrained(run / "model").eval()
+    config = AutoConfig.from_pretrained(source, num_labels=10, id2label=merged.config.id2label,
+                                        label2id=merged.config.label2id)
+    base = AutoModelForImageClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
+    unmerged = PeftModel.from_pretrained(base, run / "adapter").eval()
+    pixels = probe_pixels(digits, run / "model")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(pixel_values=pixels).logits, unmerged(pixel_values=pixels).logits,
+                                   atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("kind, expected_targets", [("vit", ["q_proj", "v_proj"]), ("resnet", None)])
 def test_lora_on_image_model_merges_into_a_plain_model_with_equal_logits(few_digits, tmp_path, kind,
                                                                          expected_targets):
-    from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForImageClassification
+    from transformers import AutoModelForImageClassification
 
     source = make_tiny_image_model(tmp_path / kind, kind)
     run = tmp_path / "run"
@@ -96,14 +111,7 @@ def test_lora_on_image_model_merges_into_a_plain_model_with_equal_logits(few_dig
     assert sorted(labels) == [str(digit) for digit in range(10)]
     # Independently of tuneforge: the original random model with a fresh 10-way head + the saved adapter
     # (its LoRA matrices and the trained head) must answer as the merged plain model does.
-    config = AutoConfig.from_pretrained(source, num_labels=10, id2label=merged.config.id2label,
-                                        label2id=merged.config.label2id)
-    base = AutoModelForImageClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
-    unmerged = PeftModel.from_pretrained(base, run / "adapter").eval()
-    pixels = probe_pixels(few_digits, run / "model")
-    with torch.no_grad():
-        merged_logits, unmerged_logits = merged(pixel_values=pixels).logits, unmerged(pixel_values=pixels).logits
-    torch.testing.assert_close(merged_logits, unmerged_logits, atol=1e-4, rtol=0)
+    assert_merged_equals_base_plus_adapter(source, run, few_digits)
 
     # Training did something: the LoRA update is non-zero (B starts at zero), so merging changed the body.
     from safetensors.torch import load_file
