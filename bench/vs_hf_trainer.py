@@ -14,7 +14,9 @@ With ``--keep DIR`` each finished variant's line is also saved as ``DIR/result-<
 the same command again with the same ``--keep`` prints those lines (marked ``"reused": true``) instead of
 measuring them again, so a bench that takes hours can be finished over several sittings. A saved line is
 reused only when every setting it was measured with (data, model, epochs, batch size, max_length, limit,
-learning rate) is the same. Each line records when it was measured and the machine's load average then.
+learning rate) is the same. Each line records when it was measured, the machine's load average then and the
+tuneforge commit it measured. ``--remeasure tuneforge`` measures the tuneforge side again (after a change to
+tuneforge) and keeps the saved Trainer side, which does not run any tuneforge code.
 """
 
 from __future__ import annotations
@@ -50,6 +52,41 @@ def run_measured(command: list[str], log: Path) -> tuple[int, float, float]:
     return os.waitstatus_to_exitcode(status), time.perf_counter() - started, usage.ru_maxrss / 1024
 
 
+HF_FIELDS = ("hf_trainer_s", "hf_accuracy", "hf_trainable_params", "hf_peak_rss_mib")
+
+
+def measure_trainer(method: str, model_dir: str, train_file: Path, data: Path, epochs: int, lr: float,
+                    args: argparse.Namespace, work: Path) -> dict:
+    """The Trainer side of one variant: its ``HF_FIELDS``, or ``{"error": ...}``."""
+    hf_result = work / f"hf-{method}.json"
+    shutil.rmtree(work / f"hf-{method}", ignore_errors=True)
+    code, seconds, rss = run_measured(
+        [sys.executable, str(HERE / "hf_trainer_baseline.py"), "--model", model_dir, "--train", str(train_file),
+         "--test", str(data / "test.jsonl"), "--method", method, "--epochs", str(epochs),
+         "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--learning-rate", str(lr),
+         "--out", str(hf_result), "--workdir", str(work / f"hf-{method}")], work / f"hf-{method}.log")
+    if code:
+        return {"error": f"hf exit code {code}"}
+    hf = json.loads(hf_result.read_text())
+    return {"hf_trainer_s": round(seconds, 1), "hf_accuracy": round(hf["accuracy"], 4),
+            "hf_trainable_params": hf["trainable_params"], "hf_peak_rss_mib": round(rss)}
+
+
+def tuneforge_commit() -> str:
+    """The commit of the tuneforge code being measured (``+changes`` when the work tree differs from it)."""
+    import tuneforge
+
+    root = Path(tuneforge.__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "tuneforge"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if dirty else "")
+
+
 def slice_file(source: Path, limit: int | None, folder: Path) -> Path:
     if not limit:
         return source
@@ -72,7 +109,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="use the first N training rows")
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--keep", help="keep run folders and logs here (default: a temporary folder)")
+    parser.add_argument("--remeasure", choices=["tuneforge"], default=None,
+                        help="with --keep: run the tuneforge side again, reuse the saved Trainer side")
     args = parser.parse_args()
+    if args.remeasure and not args.keep:
+        parser.error("--remeasure needs --keep (the folder with the saved Trainer measurements)")
 
     from tuneforge.models import resolve_model
 
@@ -97,41 +138,41 @@ def main() -> None:
         settings = {"data": str(data), "model": args.model, "epochs": epochs, "learning_rate": lr,
                     "batch_size": args.batch_size, "max_length": args.max_length, "limit": args.limit}
         saved = work / f"result-{method}.json"
-        if args.keep and saved.exists():
-            previous = json.loads(saved.read_text())
-            if previous.get("settings") == settings:
-                print(json.dumps({**previous["line"], "reused": True}), flush=True)
-                continue
+        previous = json.loads(saved.read_text()) if args.keep and saved.exists() else None
+        if previous is not None and previous.get("settings") != settings:
+            previous = None
+        if previous is not None and not args.remeasure:
+            print(json.dumps({**previous["line"], "reused": True}), flush=True)
+            continue
         load_before = os.getloadavg()[0]
         measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        hf_result = work / f"hf-{method}.json"
         run_dir = work / f"tuneforge-{method}"
         # A sitting killed half-way leaves this variant's folders behind; `tuneforge train` never overwrites a run.
-        for stale in (run_dir, work / f"hf-{method}"):
-            shutil.rmtree(stale, ignore_errors=True)
-        hf_code, hf_seconds, hf_rss = run_measured(
-            [sys.executable, str(HERE / "hf_trainer_baseline.py"), "--model", model_dir, "--train", str(train_file),
-             "--test", str(data / "test.jsonl"), "--method", method, "--epochs", str(epochs),
-             "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--learning-rate", str(lr),
-             "--out", str(hf_result), "--workdir", str(work / f"hf-{method}")], work / f"hf-{method}.log")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if previous is not None:  # --remeasure tuneforge
+            hf_side = {key: previous["line"][key] for key in HF_FIELDS}
+            hf_side["hf_measured_at"] = previous["line"].get("hf_measured_at", previous["line"].get("measured_at"))
+        else:
+            hf_side = measure_trainer(method, model_dir, train_file, data, epochs, lr, args, work)
+            hf_side["hf_measured_at"] = measured_at
         tf_code, tf_seconds, tf_rss = run_measured(
             [sys.executable, "-m", "tuneforge", "train", str(recipe), "--output", str(run_dir),
              f"--set=train.epochs={epochs}", f"--set=train.learning_rate={lr}",
              *[f"--set={item}" for item in TUNEFORGE_METHOD[method]]], work / f"tuneforge-{method}.log")
-        if hf_code or tf_code:
-            print(json.dumps({"method": method, "error": f"exit codes: hf {hf_code}, tuneforge {tf_code}",
-                              "logs": str(work)}), flush=True)
+        if "error" in hf_side or tf_code:
+            error = f"{hf_side.get('error', 'hf: ok')}; tuneforge exit code {tf_code}"
+            print(json.dumps({"method": method, "error": error, "logs": str(work)}), flush=True)
             continue
-        hf = json.loads(hf_result.read_text())
         status = json.loads((run_dir / "run.json").read_text())
         line = {
             "method": method, "epochs": epochs, "learning_rate": lr, "train_rows": status["rows"]["train"],
-            "tuneforge_s": round(tf_seconds, 1), "hf_trainer_s": round(hf_seconds, 1),
-            "speedup": round(hf_seconds / tf_seconds, 2),
-            "tuneforge_accuracy": round(status["test"]["accuracy"], 4), "hf_accuracy": round(hf["accuracy"], 4),
-            "trainable_params": status["trainable_params"], "hf_trainable_params": hf["trainable_params"],
-            "tuneforge_peak_rss_mib": round(tf_rss), "hf_peak_rss_mib": round(hf_rss),
-            "measured_at": measured_at, "load_average_before": round(load_before, 2),
+            "tuneforge_s": round(tf_seconds, 1), "hf_trainer_s": hf_side["hf_trainer_s"],
+            "speedup": round(hf_side["hf_trainer_s"] / tf_seconds, 2),
+            "tuneforge_accuracy": round(status["test"]["accuracy"], 4), "hf_accuracy": hf_side["hf_accuracy"],
+            "trainable_params": status["trainable_params"], "hf_trainable_params": hf_side["hf_trainable_params"],
+            "tuneforge_peak_rss_mib": round(tf_rss), "hf_peak_rss_mib": hf_side["hf_peak_rss_mib"],
+            "measured_at": measured_at, "hf_measured_at": hf_side["hf_measured_at"],
+            "tuneforge_commit": tuneforge_commit(), "load_average_before": round(load_before, 2),
             "load_average_after": round(os.getloadavg()[0], 2),
         }
         print(json.dumps(line), flush=True)

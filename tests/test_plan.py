@@ -171,8 +171,9 @@ data: {train: train.jsonl, max_length: 64}
 method: {name: full}
 train: {epochs: 1, batch_size: 8, learning_rate: 1.0e-4, early_stopping: null}
 """, encoding="utf-8")
-    assert_estimates_within(recipe, [("full", False), ("full", True), ("lora", False), ("lora", True),
-                                     ("freeze", False)], tmp_path)
+    # One case per memory component: activations + AdamW (full), checkpointed activations with few trainable
+    # weights (lora), no gradients below the head (freeze).
+    assert_estimates_within(recipe, [("full", False), ("lora", True), ("freeze", False)], tmp_path)
 
 
 @pytest.mark.integration

@@ -99,3 +99,30 @@ def test_tokenization_is_cached_and_exact(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setattr(encode_cache, "encode_split", encode_split)
     encode_cache.encode_split_cached(tokenizer, split, 12, tmp_path)
     assert len(list((tmp_path / "encoded").glob("*.npz"))) == 2
+
+
+def test_fused_adamw_steps_like_the_reference_kernel(tiny_model):
+    """The optimizer runs torch's fused AdamW kernel on CPU (one pass over the weights, no temporary copy of
+    them; bench/optimizer_step.py times it) and its steps are those of the reference for-loop AdamW over the
+    same parameter groups (weight decay and learning rates per group unchanged)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneforge.config import TrainConfig
+    from tuneforge.train.optim import build_optimizer
+
+    config = TrainConfig(learning_rate=1e-3, head_learning_rate=1e-2, layer_lr_decay=0.5, weight_decay=0.1)
+    models = [AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=3).eval() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused = build_optimizer(models[0], models[0].named_parameters(), config)
+    assert fused.defaults["fused"] is True
+    reference = build_optimizer(models[1], models[1].named_parameters(), config)
+    reference = torch.optim.AdamW(reference.param_groups, foreach=False)  # the same groups, plain kernel
+    batch = {"input_ids": torch.randint(5, models[0].config.vocab_size, (4, 12)), "labels": torch.tensor([0, 1, 2, 1])}
+    for _ in range(3):
+        for model, optimizer in zip(models, (fused, reference)):
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    for (name, first), second in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.allclose(first, second, atol=1e-6), name

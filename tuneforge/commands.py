@@ -28,23 +28,20 @@ def is_generative_recipe(recipe_path: str, overrides: list[str]) -> bool:
 
 
 def validate_command(recipe_path: str, overrides: list[str]) -> int:
+    """``tuneforge validate RECIPE``: the recipe and its data checked in full (no weights loaded), summarised."""
     from tuneforge.validate import validate_job
 
     if is_generative_recipe(recipe_path, overrides):
         from tuneforge.train.generative import validate_generative_job
 
         job = validate_generative_job(recipe_path, overrides)
-        data = job.data
-        print(f"{recipe_path}: valid. task {job.recipe.task}; train {len(data.train)}, validation "
-              f"{len(data.validation)}, test {len(data.test) if data.test else 0} rows; model {job.recipe.model} "
-              f"({job.model_config.model_type}); method {job.recipe.method.name}")
-        for note in data.notes:
-            print(f"  note: {note}")
-        return 0
-    job = validate_job(recipe_path, overrides)
+        what = f"task {job.recipe.task}"
+    else:
+        job = validate_job(recipe_path, overrides)
+        what = f"{len(job.data.label_names)} labels"
     data = job.data
-    print(f"{recipe_path}: valid. {len(data.label_names)} labels; train {len(data.train)}, validation "
-          f"{len(data.validation)}, test {len(data.test) if data.test else 0} rows; model {job.recipe.model} "
+    print(f"{recipe_path}: valid. {what}; train {len(data.train)}, validation {len(data.validation)}, "
+          f"test {len(data.test) if data.test else 0} rows; model {job.recipe.model} "
           f"({job.model_config.model_type}); method {job.recipe.method.name}")
     for note in data.notes:
         print(f"  note: {note}")

@@ -80,17 +80,15 @@ def converted_folder(gguf_path: Path, log=None) -> Path:
 def _load_gguf(gguf_path: Path):
     """The de-quantized fp32 model and its tokenizer, ready for ``save_pretrained``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+    from tuneforge.models import quiet_transformers
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except ImportError as exc:
         raise UserError(f"reading {gguf_path.name} needs the gguf package: pip install gguf ({exc})") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     # The weights are de-quantized fp32 now; without this marker transformers refuses to save them
     # ("quantized with gguf and is not serializable").
     if hasattr(model.config, "quantization_config"):

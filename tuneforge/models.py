@@ -7,6 +7,8 @@ Aliases point at models that ship inside Python packages, so they work with no n
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +106,34 @@ def load_model_config(name: str):
         raise UserError(f"model '{name}' is not an alias{hint}, not a local folder, and could not be loaded as a hub id "
                         f"(offline and not in the local cache?): {str(exc).splitlines()[0]}; "
                         "see `tuneforge models`") from None
+
+
+def load_tokenizer(source: str | Path):
+    """The tokenizer at ``source`` (a resolved folder or hub id), given a pad token when it has none:
+    decoder-only models (Llama, GPT-2) ship without one, and every batch is padded."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Transformers' warnings off for the block, then back to what they were.
+
+    Used around loads whose warnings are expected and would only alarm the user: a new classifier head
+    "newly initialized", a replaced head "mismatched", a pooler the checkpoint does not carry.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def describe_aliases() -> list[tuple[str, str, str]]:

@@ -238,14 +238,9 @@ def synthetic_batch(tokenizer, batch_size: int, width: int, vocab_size: int, lab
 
 
 def load_tokenizer(recipe):
-    from transformers import AutoTokenizer
+    from tuneforge.models import load_tokenizer as load_model_tokenizer, resolve_model
 
-    from tuneforge.models import resolve_model
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(recipe.model))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return load_model_tokenizer(resolve_model(recipe.model))
 
 
 def _physical_cores() -> int:

@@ -172,19 +172,15 @@ def inspect_frame(frame: pd.DataFrame, text_column: str, label_column: str, text
 
 def token_lengths(tokenizer, texts: list[str], pairs: list[str] | None = None, chunk: int = 4096) -> np.ndarray:
     """Tokens per example, special tokens included and nothing truncated."""
-    from transformers.utils import logging as hf_logging
+    from tuneforge.models import quiet_transformers
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "sequence longer than the model maximum" is what we measure
-    try:
-        out: list[int] = []
+    out: list[int] = []
+    with quiet_transformers():  # "sequence longer than the model maximum" is what we measure
         for start in range(0, len(texts), chunk):
             encoded = tokenizer(texts[start:start + chunk], pairs[start:start + chunk] if pairs else None,
                                 add_special_tokens=True, truncation=False, padding=False,
                                 return_attention_mask=False, return_token_type_ids=False)
             out += [len(ids) for ids in encoded["input_ids"]]
-    finally:
-        hf_logging.set_verbosity(verbosity)
     return np.asarray(out, dtype=np.int64)
 
 

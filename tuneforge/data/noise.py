@@ -64,21 +64,14 @@ def pooled_features(model: str, texts: list[str], pairs: list[str] | None, max_l
     import time
 
     import torch
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModel
 
-    from tuneforge.models import resolve_model
+    from tuneforge.models import load_tokenizer, quiet_transformers, resolve_model
 
     source = resolve_model(model)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
+    tokenizer = load_tokenizer(source)
+    with quiet_transformers():  # the body is loaded without its pretraining heads: expected
         encoder = AutoModel.from_pretrained(source)
-    finally:
-        hf_logging.set_verbosity(verbosity)
     encoder.eval()
     encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False,
                         return_attention_mask=False)

@@ -100,20 +100,16 @@ def auto_class_for(config) -> type:
 def load_base(run_dir: Path) -> nn.Module:
     """The plain base model of a non-merged run (eval mode)."""
     from transformers import AutoConfig
-    from transformers.utils import logging as hf_logging
 
     from tuneforge.errors import UserError
+    from tuneforge.models import quiet_transformers
 
     folder = Path(run_dir) / BASE_DIR
     if not (folder / "config.json").is_file():
         raise UserError(f"{run_dir}: has no trained model (neither model/config.json nor base/; did the run finish? "
                         "see run.json)")
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
+    with quiet_transformers():
         return auto_class_for(AutoConfig.from_pretrained(folder)).from_pretrained(folder).eval()
-    finally:
-        hf_logging.set_verbosity(verbosity)
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -192,9 +192,8 @@ class ImageClassificationTask(ClassificationTask):
 
     def load_model(self, recipe: Recipe, label_names: list[str]):
         from transformers import AutoConfig, AutoModelForImageClassification
-        from transformers.utils import logging as hf_logging
 
-        from tuneforge.models import resolve_model
+        from tuneforge.models import quiet_transformers, resolve_model
         from tuneforge.train.loop import DROPOUT_KEYS
 
         source = resolve_model(recipe.model)
@@ -204,13 +203,9 @@ class ImageClassificationTask(ClassificationTask):
             for key in DROPOUT_KEYS:
                 if isinstance(getattr(config, key, None), float):
                     setattr(config, key, recipe.train.dropout)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the replaced head is reported as "mismatched": expected
-        try:
+        with quiet_transformers():  # the replaced head is reported as "mismatched": expected
             model = AutoModelForImageClassification.from_pretrained(source, config=config,
                                                                     ignore_mismatched_sizes=True)
-        finally:
-            hf_logging.set_verbosity(verbosity)
         return ImagePreprocessor(load_image_processor(source), len(label_names)), model
 
     def encode(self, preprocessor, split, recipe: Recipe, training: bool):

@@ -129,10 +129,9 @@ class MultiTaskTask(Task):
                             "the heads' input size is unknown; task multitask needs a text encoder")
 
     def load_model(self, recipe: Recipe, label_names: list[str]):
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoConfig, AutoModel
 
-        from tuneforge.models import resolve_model
+        from tuneforge.models import load_tokenizer, quiet_transformers, resolve_model
         from tuneforge.train.loop import DROPOUT_KEYS
 
         source = resolve_model(recipe.model)
@@ -141,15 +140,9 @@ class MultiTaskTask(Task):
             for key in DROPOUT_KEYS:
                 if isinstance(getattr(config, key, None), float):
                     setattr(config, key, recipe.train.dropout)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
+        tokenizer = load_tokenizer(source)
+        with quiet_transformers():  # the body is loaded without its pretraining heads: expected
             encoder = AutoModel.from_pretrained(source, config=config)
-        finally:
-            hf_logging.set_verbosity(verbosity)
         dropout = recipe.train.dropout if recipe.train.dropout is not None else float(
             getattr(config, "hidden_dropout_prob", 0.1) or 0.1)
         model = MultiTaskModel(encoder, head_specs(recipe, label_names), recipe.multitask.pooling,

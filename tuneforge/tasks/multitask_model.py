@@ -164,16 +164,13 @@ def load_multitask_model(folder: str | Path) -> MultiTaskModel:
     """The saved model of a multitask run, from its folder alone, in eval mode."""
     from safetensors.torch import load_file
     from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
+
+    from tuneforge.models import quiet_transformers
 
     folder = Path(folder)
     description, heads = read_head_specs(folder)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # a BERT body was saved without its (unused) pooler: expected
-    try:
+    with quiet_transformers():  # a BERT body was saved without its (unused) pooler: expected
         encoder = AutoModel.from_pretrained(folder)
-    finally:
-        hf_logging.set_verbosity(verbosity)
     model = MultiTaskModel(encoder, heads, description["pooling"], description["max_length"], description["dropout"])
     weights = load_file(str(folder / HEADS_FILE))
     with torch.no_grad():

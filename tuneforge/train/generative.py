@@ -34,7 +34,7 @@ from tuneforge.errors import UserError
 from tuneforge.evaluate.generation import exact_match, generation_scores, rouge_l
 from tuneforge.methods import Method, build_method
 from tuneforge.methods.layout import has_plain_model
-from tuneforge.models import load_model_config, resolve_model
+from tuneforge.models import load_model_config, load_tokenizer, quiet_transformers, resolve_model
 from tuneforge.run import RunStatus, append_jsonl, new_run_dir, write_json_atomic
 from tuneforge.train.checkpoint import keep_best_epoch, snapshot_trainable
 from tuneforge.train.optim import build_optimizer, build_scheduler, take_optimizer_step
@@ -95,20 +95,13 @@ def check_generative_recipe(recipe: Recipe) -> GenerativeJob:
 
 def load_generative_model(recipe: Recipe, source: str | None = None):
     """Tokenizer (with a pad token) and the language model of the recipe's task."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     source = source or resolve_model(recipe.model)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(source)
     auto = AutoModelForMaskedLM if recipe.task == "masked-lm" else AutoModelForCausalLM
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # a masked-LM head missing from an encoder checkpoint is expected
-    try:
+    with quiet_transformers():  # a masked-LM head missing from an encoder checkpoint is expected
         model = auto.from_pretrained(source)
-    finally:
-        hf_logging.set_verbosity(verbosity)
     if recipe.train.dropout is not None:
         for key in ("attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob"):
             if isinstance(getattr(model.config, key, None), float):
@@ -605,8 +598,6 @@ def generate_command(run_dir: str, prompt: str | None, input_file: str | None, o
                      max_new_tokens: int | None, temperature: float, top_p: float | None, log) -> int:
     """``tuneforge generate RUN_DIR``: answer one prompt, or every row of a file (instruction/input columns
     of the run's recipe, a ``messages`` column, or a ``prompt`` column)."""
-    from transformers import AutoTokenizer
-
     from tuneforge.data.io import SOURCE_ROW, read_table, write_table
 
     if (prompt is None) == (input_file is None):
@@ -620,9 +611,7 @@ def generate_command(run_dir: str, prompt: str | None, input_file: str | None, o
         raise UserError(f"{run_dir}: a {recipe.task} run does not generate text (generate needs task sft or causal-lm)")
     settings = recipe.generative
     model = load_generative_run(Path(run_dir), recipe)
-    tokenizer = AutoTokenizer.from_pretrained(Path(run_dir) / "model")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(Path(run_dir) / "model")
     limit = max_new_tokens or settings.generation.max_new_tokens
     sample = ({"temperature": temperature, "top_p": top_p or settings.generation.top_p,
                "top_k": settings.generation.top_k} if temperature > 0 else None)

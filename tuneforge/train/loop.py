@@ -35,7 +35,7 @@ from tuneforge.config import Recipe
 from tuneforge.data.batching import EncodedSplit, iterate_batches
 from tuneforge.data.examples import ClassificationData
 from tuneforge.methods import Method, build_method
-from tuneforge.models import resolve_model
+from tuneforge.models import load_tokenizer, quiet_transformers, resolve_model
 from tuneforge.train.activation_cache import CachedPrefix, build_cache
 from tuneforge.train.checkpoint import (BadStepGuard, Checkpointer, LoopState, StopRequest, TrainingInterrupted,
                                         check_free_disk, keep_best_epoch, restore, snapshot_trainable,
@@ -69,8 +69,7 @@ class TrainResult:
 
 def load_classifier(recipe: Recipe, label_names: list[str]):
     """Tokenizer and a sequence-classification model with a fresh head for ``label_names``."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     source = resolve_model(recipe.model)
     config = AutoConfig.from_pretrained(
@@ -80,16 +79,10 @@ def load_classifier(recipe: Recipe, label_names: list[str]):
         for key in DROPOUT_KEYS:
             if isinstance(getattr(config, key, None), float) or (key == "classifier_dropout" and hasattr(config, key)):
                 setattr(config, key, recipe.train.dropout)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.pad_token is None:  # decoder-only models (Llama, GPT-2) ship without one
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(source)
     config.pad_token_id = tokenizer.pad_token_id
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected: we train that head
-    try:
+    with quiet_transformers():  # "newly initialized classifier" is expected: we train that head
         model = AutoModelForSequenceClassification.from_pretrained(source, config=config)
-    finally:
-        hf_logging.set_verbosity(verbosity)
     return tokenizer, model
 
 
