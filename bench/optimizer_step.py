@@ -16,30 +16,23 @@ import time
 
 import torch
 
+from tuneforge.plan import _reset_hwm as reset_peak_resident, _vm_hwm as peak_resident, resident_bytes
+
 KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
-
-
-def _status_mib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field):
-                return int(line.split()[1]) // 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def measure(parameters: list[torch.nn.Parameter], options: dict[str, bool], repeats: int) -> dict[str, float]:
     """Best-of-``repeats`` step time and the resident memory the step adds on top of the states."""
     optimizer = torch.optim.AdamW([{"params": parameters, "weight_decay": 0.01}], lr=1e-4, **options)
     optimizer.step()  # creates the two AdamW states
-    before = _status_mib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")  # resets VmHWM, the peak resident size, to the current size
+    before = resident_bytes()
+    reset_peak_resident()  # VmHWM, the peak resident size, back to the current size
     seconds = []
     for _ in range(repeats):
         started = time.perf_counter()
         optimizer.step()
         seconds.append(time.perf_counter() - started)
-    extra = _status_mib("VmHWM") - before
+    extra = (peak_resident() - before) // 2**20
     optimizer.state.clear()
     return {"ms_per_step": round(1000 * min(seconds), 1),
             "median_ms": round(1000 * sorted(seconds)[len(seconds) // 2], 1), "extra_rss_mib": extra}
