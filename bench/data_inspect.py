@@ -44,7 +44,7 @@ def main() -> None:
                     row["text"] = f"{row['text']} (v{copy})"
                 handle.write(json.dumps(row) + "\n")
 
-        from tuneforge.data.inspect import inspect_file, write_report
+        from tuneforge.apps.datatools.inspect import inspect_file, write_report
 
         started, cpu_started = time.perf_counter(), time.process_time()
         report = inspect_file(big, against=against if against.is_file() else None, model=args.model)

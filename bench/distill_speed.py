@@ -26,8 +26,8 @@ def main() -> None:
 
     import torch
 
-    from tuneforge.data.io import read_table
-    from tuneforge.predict import Predictor
+    from tuneforge.core.data.io import read_table
+    from tuneforge.core.tasks.predictor import Predictor
 
     torch.set_num_threads(args.threads)
     for run in args.runs:

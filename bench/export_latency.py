@@ -4,7 +4,7 @@ this CPU: size, p50/p95 latency at batch 1, rows/s at batch 32, test accuracy, p
     python bench/export_latency.py RUN_DIR [--rounds 5] [--latency-runs 500] > numbers.json
 
 Prints JSON (stdout) and a markdown table (stderr). Uses the same code as ``tuneforge export``
-(tuneforge.export): the variants are built in a scratch folder and measured in interleaved rounds.
+(tuneforge.apps.export): the variants are built in a scratch folder and measured in interleaved rounds.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ def main() -> int:
     import torch
 
     from tuneforge.cli import quiet_libraries
-    from tuneforge.export.latency import BenchSettings, benchmark, labelled_accuracy, size_bytes
-    from tuneforge.export.onnx import export_onnx
-    from tuneforge.export.parity import check_parity
-    from tuneforge.export.pipeline import cpu_name, example_batch, load_parity_rows, load_test_split
-    from tuneforge.export.quantize import quantize_onnx, quantize_torch
-    from tuneforge.export.runtime import OnnxBackend, TextClassifier, TorchBackend, cpu_threads, load_classifier
-    from tuneforge.predict import load_run_recipe
+    from tuneforge.apps.export.latency import BenchSettings, benchmark, labelled_accuracy, size_bytes
+    from tuneforge.apps.export.onnx import export_onnx
+    from tuneforge.apps.export.parity import check_parity
+    from tuneforge.apps.export.pipeline import cpu_name, example_batch, load_parity_rows, load_test_split
+    from tuneforge.apps.export.quantize import quantize_onnx, quantize_torch
+    from tuneforge.apps.export.runtime import OnnxBackend, TextClassifier, TorchBackend, cpu_threads, load_classifier
+    from tuneforge.core.tasks.predictor import load_run_recipe
 
     quiet_libraries()
     if args.threads:

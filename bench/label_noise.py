@@ -31,9 +31,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from tuneforge.config import validate_recipe
-    from tuneforge.data.io import read_table, write_table
-    from tuneforge.data.noise import find_noise
+    from tuneforge.base.recipe import validate_recipe
+    from tuneforge.core.data.io import read_table, write_table
+    from tuneforge.apps.datatools.noise import find_noise
 
     frame = read_table(args.file)
     labels = sorted(frame["label"].astype(str).unique())

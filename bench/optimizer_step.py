@@ -5,7 +5,7 @@ JSON line per kernel (milliseconds per step, extra resident memory during the st
 
 Why it matters: in full fine-tuning the optimizer step runs once per batch over every weight, so a slow
 kernel costs as much as a large part of the forward/backward pass on a small CPU. tuneforge picks the kernel
-in ``tuneforge.train.optim.adamw_kernel`` (``kernel_in_use`` in the output).
+in ``tuneforge.core.engine.optim.adamw_kernel`` (``kernel_in_use`` in the output).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from tuneforge.plan import _reset_hwm as reset_peak_resident, _vm_hwm as peak_resident, resident_bytes
+from tuneforge.apps.plan import _reset_hwm as reset_peak_resident, _vm_hwm as peak_resident, resident_bytes
 
 KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
 
@@ -48,9 +48,9 @@ def main() -> None:
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    from tuneforge.models import quiet_transformers, resolve_model
-    from tuneforge.train.optim import adamw_kernel
-    from tuneforge.train.runtime import physical_cores
+    from tuneforge.base.models import quiet_transformers, resolve_model
+    from tuneforge.core.engine.optim import adamw_kernel
+    from tuneforge.core.engine.runtime import physical_cores
 
     threads = args.threads or physical_cores()
     torch.set_num_threads(threads)

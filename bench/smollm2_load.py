@@ -15,8 +15,8 @@ def main() -> None:
     torch.set_num_threads(1)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuneforge.gguf_cache import READY_MARKER, cached_folder_for
-    from tuneforge.models import ALIASES, resolve_model
+    from tuneforge.base.gguf_cache import READY_MARKER, cached_folder_for
+    from tuneforge.base.models import ALIASES, resolve_model
 
     gguf = ALIASES["smollm2-135m"].locate()
     cached = (cached_folder_for(gguf) / READY_MARKER).is_file()

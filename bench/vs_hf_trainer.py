@@ -115,7 +115,7 @@ def main() -> None:
     if args.remeasure and not args.keep:
         parser.error("--remeasure needs --keep (the folder with the saved Trainer measurements)")
 
-    from tuneforge.models import resolve_model
+    from tuneforge.base.models import resolve_model
 
     model_dir = resolve_model(args.model)
     data = Path(args.data).resolve()

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, synthetic_rows
-from tuneforge.config import AugmentConfig, load_recipe
-from tuneforge.data.augment import (EmbeddingSynonyms, WordNetSynonyms, augment_split, balance_split, eda_text,
+from tuneforge.base.recipe import AugmentConfig, load_recipe
+from tuneforge.core.data.augment import (EmbeddingSynonyms, WordNetSynonyms, augment_split, balance_split, eda_text,
                                     eda_texts)
-from tuneforge.data.examples import Split, load_classification_data
-from tuneforge.errors import UserError
+from tuneforge.core.data.examples import Split, load_classification_data
+from tuneforge.base.errors import UserError
 
 SYNONYMS = {"great": ["superb", "fine"], "film": ["movie"], "story": ["tale", "plot"]}
 

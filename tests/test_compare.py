@@ -56,7 +56,7 @@ def test_time_budget_stops_training_and_keeps_a_model(tiny_job, tmp_path):
 
 
 def test_failed_method_is_a_row_not_a_crash():
-    from tuneforge.compare import MethodResult, table_markdown
+    from tuneforge.apps.compare import MethodResult, table_markdown
 
     table = table_markdown([MethodResult(method="prefix", status="failed", run_dir="x", learning_rate=1e-2,
                                          error="UserError: not supported yet")])

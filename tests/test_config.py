@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.config import load_recipe
-from tuneforge.errors import UserError
+from tuneforge.base.recipe import load_recipe
+from tuneforge.base.errors import UserError
 
 MINIMAL = """name: t
 model: minilm

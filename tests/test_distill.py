@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import run_cli, synthetic_rows, write_jsonl
-from tuneforge.train import distill
-from tuneforge.train.distill import Distiller, distillation_loss, shrink_student
+from tuneforge.core.engine import distill
+from tuneforge.core.engine.distill import Distiller, distillation_loss, shrink_student
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_tiny_bert, run_cli, synthetic_rows, write_jsonl
-from tuneforge.errors import UserError
-from tuneforge.train import distributed as distributed_module
-from tuneforge.train.distributed import Distributed
+from tuneforge.base.errors import UserError
+from tuneforge.core.engine import distributed as distributed_module
+from tuneforge.core.engine.distributed import Distributed
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "accelerate"
 

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import run_cli
 from generative_fixtures import make_tiny_llama, write_domain_text, write_language_model_job, write_sft_job
-from tuneforge.doctor_generative import loss_mask_spans, render_loss_mask
+from tuneforge.apps.doctor.generative import loss_mask_spans, render_loss_mask
 
 
 @pytest.fixture(scope="module")

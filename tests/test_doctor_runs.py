@@ -13,7 +13,7 @@ from torch import nn
 
 from conftest import run_cli
 from tiny_runs import shared_tiny_run
-from tuneforge import doctor
+from tuneforge.apps.doctor import checks as doctor
 
 
 def test_doctor_without_a_recipe_reports_the_machine():

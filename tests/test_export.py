@@ -15,9 +15,9 @@ import pytest
 from conftest import run_cli, synthetic_rows, write_jsonl
 from tiny_runs import shared_tiny_run
 
-from tuneforge.export import export_run, load_classifier
-from tuneforge.export.latency import BenchSettings
-from tuneforge.export.parity import ParityError, compare_logits
+from tuneforge.apps.export import export_run, load_classifier
+from tuneforge.apps.export.latency import BenchSettings
+from tuneforge.apps.export.parity import ParityError, compare_logits
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "export.md"
 FAST = BenchSettings(latency_runs=20, warmup=2, throughput_rows=64, rounds=2)
@@ -31,7 +31,7 @@ def tiny_run(tmp_path_factory, tiny_model) -> Path:
 
 @pytest.fixture(scope="module")
 def reference_labels(tiny_run) -> list[str]:
-    from tuneforge.predict import Predictor
+    from tuneforge.core.tasks.predictor import Predictor
 
     predictor = Predictor(tiny_run)
     return [predictor.label_names[i] for i in predictor.probabilities(TEXTS).argmax(axis=1)]
@@ -127,7 +127,7 @@ def test_parity_check_fails_loudly_on_a_broken_export(tiny_run, onnx_export, tmp
     import onnx
     from onnx import helper
 
-    import tuneforge.export.onnx as onnx_export_module
+    import tuneforge.apps.export.onnx as onnx_export_module
 
     good_model = onnx_export[0] / "model.onnx"
 
@@ -211,7 +211,7 @@ def test_parity_rows_from_data_when_the_runs_data_is_gone(tiny_run, tmp_path):
 
 
 def test_a_crashed_export_leaves_no_folder_behind(tiny_run, tmp_path, monkeypatch):
-    import tuneforge.export.torchscript as torchscript_module
+    import tuneforge.apps.export.torchscript as torchscript_module
 
     def crash(*args, **kwargs):
         raise RuntimeError("exporter crashed")

@@ -12,10 +12,10 @@ from conftest import make_tiny_bert, run_cli, synthetic_rows, write_jsonl
 from generative_fixtures import (make_tiny_llama, write_domain_text, write_language_model_job,
                                  write_sft_job)
 
-from tuneforge.config import GenerativeConfig
-from tuneforge.data.generative import (IGNORE_INDEX, GenerativeSplit, collate, conversation_ids_and_labels,
+from tuneforge.base.recipe import GenerativeConfig
+from tuneforge.core.data.generative import (IGNORE_INDEX, GenerativeSplit, collate, conversation_ids_and_labels,
                                        encode_sft, pack)
-from tuneforge.evaluate.generation import exact_match, generation_scores, lcs_length, rouge_l
+from tuneforge.core.evaluate.generation import exact_match, generation_scores, lcs_length, rouge_l
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +217,7 @@ def test_lora_merges_into_a_plain_causal_lm(tmp_path, tiny_llama):
 def test_integrity_gate_fails_a_run_whose_saved_language_model_is_broken(tmp_path, tiny_llama, monkeypatch):
     from safetensors.torch import load_file, save_file
 
-    from tuneforge.methods.registry import Method
+    from tuneforge.core.methods.registry import Method
 
     broken = "model.layers.1.mlp.down_proj.weight"
     original = Method.save
@@ -278,7 +278,7 @@ train: {{epochs: 1, batch_size: 16, num_threads: 1}}
 
 
 def test_gguf_conversion_is_cached_by_file_hash(tmp_path, monkeypatch, tiny_llama):
-    import tuneforge.gguf_cache as gguf_cache
+    import tuneforge.base.gguf_cache as gguf_cache
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     monkeypatch.setenv("TUNEFORGE_CACHE_DIR", str(tmp_path / "cache"))

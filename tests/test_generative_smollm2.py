@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tuneforge.config import GenerativeConfig
-from tuneforge.data.generative import IGNORE_INDEX, conversation_ids_and_labels, prompt_ids
-from tuneforge.models import ALIASES
+from tuneforge.base.recipe import GenerativeConfig
+from tuneforge.core.data.generative import IGNORE_INDEX, conversation_ids_and_labels, prompt_ids
+from tuneforge.base.models import ALIASES
 
 pytestmark = pytest.mark.integration
 

@@ -76,7 +76,7 @@ train:
 
 
 def test_mixup_and_cutmix_targets_sum_to_one_and_cutmix_box_matches_lambda():
-    from tuneforge.tasks.mixing import cutmix, mixup
+    from tuneforge.core.tasks.mixing import cutmix, mixup
 
     generator = np.random.default_rng(0)
     pixels = torch.arange(4 * 3 * 10 * 10, dtype=torch.float32).reshape(4, 3, 10, 10)
@@ -148,9 +148,9 @@ def test_tiny_vit_learns_digits(digits, tmp_path):
 def test_augmentation_is_seeded_and_train_only(digits):
     """Crops and flips keep the image size and repeat with the seed; MixUp/CutMix batches carry class
     probabilities that sum to 1; the same split encoded for validation is never changed."""
-    from tuneforge.config import ImageConfig, MixConfig
-    from tuneforge.data.images import ImageSplit
-    from tuneforge.tasks.image import EncodedImages, ImagePreprocessor
+    from tuneforge.base.recipe import ImageConfig, MixConfig
+    from tuneforge.core.data.images import ImageSplit
+    from tuneforge.core.tasks.image import EncodedImages, ImagePreprocessor
     from transformers import ViTImageProcessor
 
     paths = sorted(digits["test"].rglob("*.png"))[::20][:16]

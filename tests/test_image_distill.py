@@ -16,7 +16,7 @@ import torch
 from conftest import run_cli
 from test_distill import _softmax
 from test_image_classification import IMAGE_SIZE, digits, image_recipe, make_tiny_image_model  # noqa: F401 (fixture)
-from tuneforge.train import distill, distill_image
+from tuneforge.core.engine import distill, distill_image
 
 DIGIT_NAMES = [str(digit) for digit in range(10)]
 
@@ -63,8 +63,8 @@ def teacher_run(digits, tmp_path_factory) -> Path:  # noqa: F811 (the digits fix
 def test_kd_loss_of_an_image_batch_is_the_formula_with_teacher_columns_matched_by_name():
     from transformers import ResNetConfig, ResNetForImageClassification
 
-    from tuneforge.tasks.image import ImagePreprocessor
-    from tuneforge.train.distill import Distiller
+    from tuneforge.core.tasks.image import ImagePreprocessor
+    from tuneforge.core.engine.distill import Distiller
 
     torch.manual_seed(1)
     teacher_names = DIGIT_NAMES[::-1]  # the teacher's outputs in another order than the student's labels
@@ -97,10 +97,10 @@ def test_kd_loss_of_an_image_batch_is_the_formula_with_teacher_columns_matched_b
 
 
 def test_teacher_view_of_an_augmented_batch_uses_the_same_crops_flips_and_mixing(digits):  # noqa: F811
-    from tuneforge.config import ImageConfig, MixConfig
-    from tuneforge.data.images import ImageSplit
-    from tuneforge.tasks.image import EncodedImages, ImagePreprocessor
-    from tuneforge.train.distill import TEACHER_PIXELS
+    from tuneforge.base.recipe import ImageConfig, MixConfig
+    from tuneforge.core.data.images import ImageSplit
+    from tuneforge.core.tasks.image import EncodedImages, ImagePreprocessor
+    from tuneforge.core.engine.distill import TEACHER_PIXELS
 
     paths = sorted(digits["test"].rglob("*.png"))[:32]
     split = ImageSplit(name="train", source=digits["test"], paths=paths, labels=[int(p.parent.name) for p in paths],

@@ -1,4 +1,4 @@
-"""The integrity gates (tuneforge/integrity.py): each artifact is broken on purpose — the head dropped from
+"""The integrity gates (tuneforge/base/integrity.py): each artifact is broken on purpose — the head dropped from
 the saved file, one tensor corrupted, a merge that changes the outputs, a layer quantized with a wrong
 scale — and the gate must fail the command with a message that says what is wrong and where the good
 weights are; an intact run and export are recorded in artifacts.json with the files' real sha256."""
@@ -15,7 +15,7 @@ import torch
 
 from conftest import run_cli, synthetic_rows, write_jsonl
 from tiny_runs import shared_tiny_run
-from tuneforge.integrity import compare_predictions
+from tuneforge.base.integrity import compare_predictions
 
 
 @pytest.fixture()
@@ -42,7 +42,7 @@ def rewrite_safetensors(path: Path, change) -> None:
 
 def save_then(monkeypatch, change) -> None:
     """Make the base Method.save (used by `full`) break the file it just wrote, as a buggy saver would."""
-    from tuneforge.methods.registry import Method
+    from tuneforge.core.methods.registry import Method
 
     original = Method.save
 
@@ -182,7 +182,7 @@ def tiny_run(tmp_path_factory, tiny_model) -> Path:
 
 
 def test_export_gate_records_an_intact_export(tiny_run, tmp_path):
-    from tuneforge.export import export_run
+    from tuneforge.apps.export import export_run
 
     out, report = export_run(tiny_run, "onnx", output=tmp_path / "onnx", measure=False)
     gate = report["integrity"]
@@ -198,9 +198,9 @@ def test_export_gate_fires_on_a_badly_quantized_layer(tiny_run, tmp_path, monkey
     bias's class. The gate must fail the export, say why, and the folder must be refused by serve."""
     import copy
 
-    import tuneforge.export.quantize as quantize
-    from tuneforge.export import export_run, load_classifier
-    from tuneforge.integrity import IntegrityError
+    import tuneforge.apps.export.quantize as quantize
+    from tuneforge.apps.export import export_run, load_classifier
+    from tuneforge.base.integrity import IntegrityError
 
     def bad_quantize(model):
         model = copy.deepcopy(model).eval()

@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli
-from tuneforge.anatomy import describe
-from tuneforge.config import TrainConfig
-from tuneforge.methods.freeze import Freeze, FreezeConfig
-from tuneforge.methods.gradual import GradualConfig, GradualUnfreezing
-from tuneforge.train.optim import build_optimizer
+from tuneforge.core.anatomy import describe
+from tuneforge.base.recipe import TrainConfig
+from tuneforge.core.methods.freeze import Freeze, FreezeConfig
+from tuneforge.core.methods.gradual import GradualConfig, GradualUnfreezing
+from tuneforge.core.engine.optim import build_optimizer
 
 
 def load_classifier(folder, num_labels=2):

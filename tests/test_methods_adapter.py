@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuneforge.errors import UserError
-from tuneforge.methods import build_method, method_spec
+from tuneforge.base.errors import UserError
+from tuneforge.core.methods import build_method, method_spec
 
 
 def tiny_classifier(folder):

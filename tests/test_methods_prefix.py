@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import synthetic_rows
-from tuneforge.methods import build_method, method_spec
+from tuneforge.core.methods import build_method, method_spec
 
 
 def tiny_classifier(folder, attn: str = "sdpa"):
@@ -147,7 +147,7 @@ def test_prefix_works_on_a_decoder(tmp_path):
 def test_unsupported_architecture_says_so():
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-    from tuneforge.errors import UserError
+    from tuneforge.base.errors import UserError
 
     model = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=50, dim=32, n_layers=1, n_heads=2,
                                                                  hidden_dim=64))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import run_cli, synthetic_rows, write_jsonl
-from tuneforge.methods import method_names
+from tuneforge.core.methods import method_names
 
 MERGEABLE = ("lora", "dora", "ia3", "adalora")
 NOT_MERGEABLE = ("adapter", "prefix", "prompt", "ptuning")
@@ -65,7 +65,7 @@ def test_save_load_predict_parity(small_job, tmp_path, tiny_model, method):
         assert (run / "model/config.json").is_file() and not (run / "base").exists()
 
     # a fresh Predictor (what predict and eval use) answers as the run's own test evaluation did
-    from tuneforge.predict import Predictor
+    from tuneforge.core.tasks.predictor import Predictor
 
     table = pd.read_csv(run / "eval/test/predictions.csv")
     probabilities = Predictor(run).probabilities(table["text"].tolist())

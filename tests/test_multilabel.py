@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import FILLER, NEGATIVE, POSITIVE, run_cli, tiny_recipe_text, write_jsonl
-from tuneforge.errors import UserError
+from tuneforge.base.errors import UserError
 
 
 def multilabel_rows(count: int, seed: int) -> list[dict]:
@@ -37,7 +37,7 @@ def recipe_text(model, extra: str = "") -> str:
 
 
 def test_metrics_and_thresholds_from_known_values():
-    from tuneforge.evaluate.multilabel import multilabel_metrics, tune_thresholds
+    from tuneforge.core.evaluate.multilabel import multilabel_metrics, tune_thresholds
 
     gold = np.array([[1, 0], [1, 1], [0, 1], [0, 0]])
     probabilities = np.array([[0.9, 0.2], [0.6, 0.4], [0.1, 0.45], [0.2, 0.1]])
@@ -54,8 +54,8 @@ def test_metrics_and_thresholds_from_known_values():
 
 
 def test_delimited_labels_and_unknown_label_errors(tmp_path):
-    from tuneforge.config import DataConfig
-    from tuneforge.data.multilabel import load_multilabel_data
+    from tuneforge.base.recipe import DataConfig
+    from tuneforge.core.data.multilabel import load_multilabel_data
 
     pd.DataFrame({"text": ["a b", "c d", "e f", "g h"], "tags": ["x|y", "y", "y | x", "x"]}).to_csv(
         tmp_path / "t.csv", index=False)

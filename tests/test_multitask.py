@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA, run_cli, synthetic_rows, write_jsonl
-from tuneforge.data.batching import EncodedSplit
-from tuneforge.data.multitask import MultiTaskEncoded, epoch_batches, temperature_probabilities, temperature_quotas
+from tuneforge.core.data.batching import EncodedSplit
+from tuneforge.core.data.multitask import MultiTaskEncoded, epoch_batches, temperature_probabilities, temperature_quotas
 
 TOPICS = ("film", "plot", "actor")
 
@@ -79,8 +79,8 @@ def test_temperature_sampling_gives_n_to_the_one_over_t_proportions():
 
 
 def test_weighted_loss_equals_the_formula():
-    from tuneforge.tasks.multitask import MultiTaskLoss
-    from tuneforge.tasks.multitask_model import HeadSpec
+    from tuneforge.core.tasks.multitask import MultiTaskLoss
+    from tuneforge.core.tasks.multitask_model import HeadSpec
 
     heads = [HeadSpec("sentiment", "single_label", ["neg", "pos", "mid"], weight=0.7),
              HeadSpec("topics", "multi_label", ["a", "b", "c", "d"], weight=2.5)]
@@ -162,7 +162,7 @@ train:
 def test_train_validates_per_task_and_saved_model_predicts_every_head_as_trained(tmp_path, tiny_model):
     from transformers import AutoModel
 
-    from tuneforge.tasks.multitask import MultiTaskPredictor
+    from tuneforge.core.tasks.multitask import MultiTaskPredictor
 
     recipe = write_multitask_job(tmp_path, tiny_model)
     run_dir = tmp_path / "run"

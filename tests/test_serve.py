@@ -16,7 +16,7 @@ import pytest
 from conftest import run_cli, synthetic_rows
 from tiny_runs import shared_tiny_run
 
-from tuneforge.serve import BadRequest, Limits, parse_request
+from tuneforge.apps.export.serve import BadRequest, Limits, parse_request
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -75,7 +75,7 @@ def server(tiny_run, tmp_path_factory):
 
 
 def test_health_and_predict_match_the_runs_predictions(server, tiny_run):
-    from tuneforge.predict import Predictor
+    from tuneforge.core.tasks.predictor import Predictor
 
     health = httpx.get(f"{server}/health").json()
     assert health["status"] == "ok" and health["labels"] == ["negative", "positive"]
@@ -170,8 +170,8 @@ def test_batcher_answers_each_request_with_its_own_rows(tiny_run):
     """Requests merged into one forward pass get back their own rows, in order."""
     import asyncio
 
-    from tuneforge.export import load_classifier
-    from tuneforge.serve import Batcher
+    from tuneforge.apps.export import load_classifier
+    from tuneforge.apps.export.serve import Batcher
 
     classifier = load_classifier(tiny_run)
     expected = classifier.probabilities(TEXTS)

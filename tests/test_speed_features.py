@@ -8,7 +8,7 @@ import random
 import pytest
 
 from conftest import run_cli
-from tuneforge.data.batching import length_grouped_batches, shuffled_batches
+from tuneforge.core.data.batching import length_grouped_batches, shuffled_batches
 
 
 def step_losses(run):
@@ -71,9 +71,9 @@ def test_length_grouping_reduces_padding_and_still_shuffles():
 def test_tokenization_is_cached_and_exact(tmp_path, tiny_model, monkeypatch):
     from transformers import AutoTokenizer
 
-    from tuneforge.data import encode_cache
-    from tuneforge.data.batching import encode_split
-    from tuneforge.data.examples import Split
+    from tuneforge.core.data import encode_cache
+    from tuneforge.core.data.batching import encode_split
+    from tuneforge.core.data.examples import Split
 
     from conftest import synthetic_rows
 
@@ -108,8 +108,8 @@ def test_fused_adamw_steps_like_the_reference_kernel(tiny_model):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from tuneforge.config import TrainConfig
-    from tuneforge.train.optim import build_optimizer
+    from tuneforge.base.recipe import TrainConfig
+    from tuneforge.core.engine.optim import build_optimizer
 
     config = TrainConfig(learning_rate=1e-3, head_learning_rate=1e-2, layer_lr_decay=0.5, weight_decay=0.1)
     models = [AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=3).eval() for _ in range(2)]

@@ -27,8 +27,8 @@ import pytest
 import torch
 
 from conftest import FILLER, NEGATIVE, POSITIVE, synthetic_rows
-from tuneforge.errors import UserError
-from tuneforge.methods import build_method, method_names, method_spec
+from tuneforge.base.errors import UserError
+from tuneforge.core.methods import build_method, method_names, method_spec
 
 FAMILIES = ("bert", "roberta", "distilbert", "llama")
 FAMILY_LABELS = {"bert": "BERT / MiniLM", "roberta": "RoBERTa", "distilbert": "DistilBERT",
@@ -118,9 +118,9 @@ def method_config(name: str):
 def test_support_matrix_cell(family, method, tmp_path, request):
     from transformers import PreTrainedModel
 
-    from tuneforge.integrity import gate_saved_run
-    from tuneforge.train.optim import build_optimizer
-    from tuneforge.config import TrainConfig
+    from tuneforge.base.integrity import gate_saved_run
+    from tuneforge.core.engine.optim import build_optimizer
+    from tuneforge.base.recipe import TrainConfig
 
     if (family, method) in KNOWN_FAILURES:
         request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[(family, method)]))
@@ -186,8 +186,8 @@ def test_support_matrix_cell(family, method, tmp_path, request):
         cells["merge"] = {"status": "unsupported", "detail": "not linear in the weights: the run keeps base/ + adapter/"}
 
     def onnx():
-        from tuneforge.export.onnx import export_onnx
-        from tuneforge.export.runtime import OnnxBackend
+        from tuneforge.apps.export.onnx import export_onnx
+        from tuneforge.apps.export.runtime import OnnxBackend
 
         if not plain:
             raise UserError("export needs a plain model in model/; base + adapter runs are not exported yet")
@@ -199,7 +199,7 @@ def test_support_matrix_cell(family, method, tmp_path, request):
             # method's model/ has the same class and config.json as the export tested for this family.
             state["same_as"] = exported_before["method"]
             return f"same class and config.json as the tested '{exported_before['method']}' export", None
-        from tuneforge.export.runtime import model_input_names
+        from tuneforge.apps.export.runtime import model_input_names
 
         saved = state["saved"].float().eval()
         names = model_input_names(tokenizer, saved)
@@ -222,9 +222,9 @@ def test_support_matrix_cell(family, method, tmp_path, request):
         cells["onnx"] = {"status": "n/a", "detail": "save/load did not pass"}
 
     def int8():
-        from tuneforge.export.quantize import quantize_onnx
-        from tuneforge.export.runtime import OnnxBackend
-        from tuneforge.integrity import compare_predictions
+        from tuneforge.apps.export.quantize import quantize_onnx
+        from tuneforge.apps.export.runtime import OnnxBackend
+        from tuneforge.base.integrity import compare_predictions
 
         if "same_as" in state:
             return f"same graph as the tested '{state['same_as']}' INT8 export", None

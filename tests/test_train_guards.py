@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import run_cli
-from tuneforge.errors import UserError
-from tuneforge.train import checkpoint as checkpoint_module
-from tuneforge.train.checkpoint import Checkpointer, LoopState, checkpoint_dirs, find_resumable, verify
+from tuneforge.base.errors import UserError
+from tuneforge.core.engine import checkpoint as checkpoint_module
+from tuneforge.core.engine.checkpoint import Checkpointer, LoopState, checkpoint_dirs, find_resumable, verify
 
 TRAIN_SETTINGS = ["--set", "train.epochs=2", "--set", "train.num_threads=1", "--set", "train.checkpoint_every_steps=4"]
 
@@ -63,7 +63,7 @@ def test_out_of_memory_names_the_keys_that_reduce_memory(tiny_job, monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr("tuneforge.train.loop.build_optimizer", out_of_memory)
+    monkeypatch.setattr("tuneforge.core.engine.loop.build_optimizer", out_of_memory)
     code, _, err = run_cli("train", str(tiny_job), "--output", str(tiny_job.parent / "oom"), *TRAIN_SETTINGS)
     assert code == 1
     for key in ("train.batch_size", "train.grad_accum_steps", "train.gradient_checkpointing", "method.name: lora"):

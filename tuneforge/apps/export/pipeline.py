@@ -1,0 +1,368 @@
+"""``tuneforge export``: write the model in a deployable format beside its tokenizer and label map, check
+parity with the run's PyTorch model, measure, and record it all in ``export_report.json``.
+
+An export folder holds exactly one model (``model.onnx``, ``model.pt`` or ``model.safetensors`` +
+``config.json``): with ``--quantize int8`` that is the INT8 model, and the fp32 model of the same
+format is built in a scratch folder only to be measured as the "before".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tuneforge import __version__
+from tuneforge.base.errors import UserError
+from tuneforge.apps.export.latency import BenchSettings, benchmark, labelled_accuracy, size_bytes
+from tuneforge.apps.export.parity import MIN_AGREEMENT, ParityError, check_parity, failure_message
+from tuneforge.apps.export.runtime import (FORMATS, MODEL_FILES, REPORT_NAME, OnnxBackend, TextClassifier,
+                                      TorchScriptBackend, check_run_task, cpu_threads, load_classifier,
+                                      unsupported_task)
+from tuneforge.base.integrity import IntegrityError, export_failure_message, gate_export
+from tuneforge.base.runfolder import write_json_atomic
+
+QUANTIZATIONS = ("int8",)
+PARITY_ROWS = 512
+
+
+def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, output: str | Path | None = None, *,
+               data_file: str | Path | None = None, parity_rows: int = PARITY_ROWS,
+               min_agreement: float = MIN_AGREEMENT, measure: bool = True, settings: BenchSettings | None = None,
+               log: Callable[[str], None] = lambda message: None) -> tuple[Path, dict]:
+    """Export ``run_dir``; return the export folder and the report. Raises ParityError (after writing the
+    report) when the exported model disagrees with the run's model on too many validation rows."""
+    from tuneforge.core.tasks.predictor import load_run_recipe
+
+    run_dir = Path(run_dir)
+    if fmt not in FORMATS:
+        raise UserError(f"export: unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise UserError(f"export: unknown quantization '{quantize}'; the one supported is int8")
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run folder not found")
+    check_run_task(run_dir)
+    recipe = load_run_recipe(run_dir)
+    if recipe.task != "classification":
+        raise unsupported_task(recipe.task)
+    if fmt == "safetensors" and quantize:
+        raise UserError("export: --format safetensors --quantize int8: not supported yet (safetensors stores "
+                        "plain tensors, PyTorch's dynamic INT8 layers keep packed weights); use --format onnx or "
+                        "--format torchscript with --quantize int8")
+    if not 0 < min_agreement <= 1:
+        raise UserError(f"export: --min-agreement must be in (0, 1], got {min_agreement}")
+    out = Path(output) if output is not None else run_dir / "export" / (fmt + (f"-{quantize}" if quantize else ""))
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: already exists and is not empty; export never overwrites, choose another --output "
+                        "or remove that folder yourself")
+
+    started = time.time()
+    reference = load_classifier(run_dir)
+    label_names = reference.label_names
+    texts, pairs, source = load_parity_rows(recipe, data_file, parity_rows)
+    log(f"parity rows: {len(texts)} from {source}")
+    model, tokenizer = reference.backend.model, reference.encoder.tokenizer
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise UserError(f"export: runs whose method keeps base model + adapter (method '{recipe.method.name}', "
+                        f"{type(model).__name__}) are not supported yet; train with a mergeable method (full, "
+                        "freeze, gradual, or lora/dora/ia3/adalora with merge: true) to export")
+    input_names = reference.encoder.input_names
+    example = example_batch(reference, texts, pairs)
+
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="tuneforge-export-"))
+    try:
+        model_file = out / MODEL_FILES[fmt]
+        before_file = None
+        log(f"writing {fmt}{' int8' if quantize else ''} model to {out}")
+        if fmt == "onnx":
+            from tuneforge.apps.export.onnx import export_onnx
+
+            fp32_file = scratch / "model-fp32.onnx" if quantize else model_file
+            export_onnx(model, example, input_names, fp32_file)
+            if quantize:
+                from tuneforge.apps.export.quantize import quantize_onnx
+
+                quantize_onnx(fp32_file, model_file)
+                before_file = fp32_file
+        elif fmt == "torchscript":
+            from tuneforge.apps.export.torchscript import export_torchscript
+
+            if quantize:
+                from tuneforge.apps.export.quantize import quantize_torch
+
+                before_file = scratch / "model-fp32.pt"
+                export_torchscript(model, example, input_names, before_file)
+                export_torchscript(quantize_torch(model), example, input_names, model_file)
+            else:
+                export_torchscript(model, example, input_names, model_file)
+        else:
+            model.save_pretrained(out, safe_serialization=True)
+        _save_tokenizer(tokenizer, out, reference.encoder.max_length)
+        (out / "labels.json").write_text(json.dumps(label_names, indent=1, ensure_ascii=False), encoding="utf-8")
+
+        report = {
+            "status": "checking",
+            "task": "classification",
+            "format": fmt,
+            "quantize": quantize,
+            "model_file": model_file.name,
+            "files": sorted(p.name for p in out.iterdir()),
+            "input_names": input_names,
+            "output_names": ["logits"],
+            "max_length": reference.encoder.max_length,
+            "text_column": recipe.data.text_column,
+            "text_pair_column": recipe.data.text_pair_column,
+            "labels": label_names,
+            "run_dir": str(run_dir.resolve()),
+            "created": datetime.now().isoformat(timespec="seconds"),
+            "versions": _versions(),
+        }
+        _write_report(out, report)
+
+        candidate = load_classifier(out, require_parity=False)
+        parity = check_parity(reference, candidate, texts, pairs, min_agreement)
+        report["parity"] = {"reference": "the run's PyTorch fp32 model (model/)", "rows": source, **parity}
+        log(f"parity: agreement {parity['agreement']:.2%} on {parity['n_examples']} rows, max |Δlogit| "
+            f"{parity['max_abs_logit_diff']:.3g}")
+        # The integrity gate (docs/trust.md): labelled validation rows, collapse and accuracy-drop checks.
+        gate_rows = labelled_validation_rows(recipe, label_names, parity_rows) if data_file is None else None
+        gate = gate_export(reference, candidate, *(gate_rows or (texts, pairs, None)), out, quantized=bool(quantize),
+                           max_metric_drop=recipe.export.max_metric_drop, run_dir=run_dir,
+                           key=f"export:{out.name}" if out.parent == run_dir / "export" else f"export:{out}")
+        report["integrity"] = {k: v for k, v in gate["probe"].items()}
+        if not parity["passed"]:
+            report["status"] = "failed"
+            _write_report(out, report)
+            also = f" The integrity gate also failed: {'; '.join(gate['probe']['problems'])}." if not gate["passed"] else ""
+            raise ParityError(failure_message(parity, out / REPORT_NAME) + "." + also)
+        if not gate["passed"]:
+            report["status"] = "failed"
+            _write_report(out, report)
+            raise IntegrityError(export_failure_message(gate, out, run_dir))
+
+        if measure:
+            variants = {"pytorch fp32": reference}
+            sizes = {"pytorch fp32": size_bytes(sorted((run_dir / "model").glob("*.safetensors")))}
+            if before_file is not None:
+                variants[f"{fmt} fp32"] = _classifier_over(candidate, before_file, fmt, f"{fmt} fp32")
+                sizes[f"{fmt} fp32"] = size_bytes([before_file])
+            name = f"{fmt} {quantize or 'fp32'}"
+            variants[name] = candidate
+            sizes[name] = size_bytes([model_file])
+            report["benchmark"] = _measure(variants, sizes, recipe, label_names, texts, pairs,
+                                           settings or BenchSettings(), log)
+        report["status"] = "ok"
+        report["seconds"] = round(time.time() - started, 1)
+        _write_report(out, report)
+        return out, report
+    except (ParityError, IntegrityError):
+        raise  # the folder stays, with its failed report, for inspection (serve refuses it)
+    except BaseException:
+        if created:  # a crashed export leaves nothing behind that looks like an export
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for child in out.iterdir():
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _write_report(out: Path, report: dict) -> None:
+    write_json_atomic(out / REPORT_NAME, report)
+    (out / REPORT_NAME).chmod(0o644)  # readable like the model files beside it (the temporary file was 0600)
+
+
+def load_parity_rows(recipe, data_file: str | Path | None, limit: int) -> tuple[list[str], list[str] | None, str]:
+    """A reproducible sample of the run's validation split (recomputed from the recipe), or of ``data_file``."""
+    data = recipe.data
+    if data_file is not None:
+        from tuneforge.core.data.io import read_table
+
+        path = Path(data_file)
+        frame = read_table(path)
+        for column in [data.text_column] + ([data.text_pair_column] if data.text_pair_column else []):
+            if column not in frame.columns:
+                raise UserError(f"{path}: no column '{column}' (the run was trained on it)")
+        frame = frame[frame[data.text_column].notna() & (frame[data.text_column].astype(str).str.strip() != "")]
+        texts = frame[data.text_column].astype(str).tolist()
+        pairs = frame[data.text_pair_column].astype(str).tolist() if data.text_pair_column else None
+        description = str(path)
+    else:
+        from tuneforge.core.data.examples import load_classification_data
+
+        try:
+            validation = load_classification_data(data, recipe.train.seed).validation
+        except UserError as error:
+            raise UserError(f"export: the parity check needs the run's validation data, which cannot be read "
+                            f"({error}); pass --data FILE with the column '{data.text_column}'") from None
+        texts, pairs = validation.texts, validation.text_pairs
+        description = (f"validation split ({data.validation})" if data.validation is not None else
+                       f"validation split (stratified {data.validation_fraction:.0%} of {data.train}, "
+                       f"seed {recipe.train.seed})")
+    if not texts:
+        raise UserError(f"export: no rows for the parity check in {description}")
+    if len(texts) > limit:
+        pick = sorted(np.random.default_rng(0).choice(len(texts), limit, replace=False).tolist())
+        texts = [texts[i] for i in pick]
+        pairs = [pairs[i] for i in pick] if pairs is not None else None
+        description += f", {limit} sampled rows"
+    return texts, pairs, description
+
+
+def labelled_validation_rows(recipe, label_names: list[str], limit: int):
+    """(texts, pairs, label indices in ``label_names``) of the run's validation split, sampled as
+    :func:`load_parity_rows` samples it; None when the validation data cannot be read (the gate then checks
+    predictions only)."""
+    from tuneforge.core.data.examples import load_classification_data
+
+    try:
+        data = load_classification_data(recipe.data, recipe.train.seed)
+    except UserError:
+        return None
+    if not set(data.label_names) <= set(label_names):
+        return None
+    run_index = {name: i for i, name in enumerate(label_names)}
+    validation = data.validation
+    labels = np.array([run_index[data.label_names[i]] for i in validation.labels])
+    texts, pairs = list(validation.texts), validation.text_pairs
+    if len(texts) > limit:
+        pick = sorted(np.random.default_rng(0).choice(len(texts), limit, replace=False).tolist())
+        texts, labels = [texts[i] for i in pick], labels[pick]
+        pairs = [pairs[i] for i in pick] if pairs is not None else None
+    return texts, pairs, labels
+
+
+def example_batch(reference: TextClassifier, texts: list[str], pairs: list[str] | None) -> dict[str, np.ndarray]:
+    """Two real rows, padded: batch and sequence above 1 so that the exporters keep both axes dynamic."""
+    picked = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    chosen = [picked[len(picked) // 2], picked[-1]] if len(picked) > 1 else [0, 0]
+    rows = [texts[i] for i in chosen]
+    pair_rows = [pairs[i] for i in chosen] if pairs is not None else None
+    batch = reference.encoder(rows, pair_rows)
+    if batch["input_ids"].shape[1] < 3:
+        raise UserError("export: the sample rows tokenize to fewer than 3 tokens; pass --data FILE with longer texts")
+    return batch
+
+
+def _save_tokenizer(tokenizer, out: Path, max_length: int) -> None:
+    """The run's tokenizer; its tokenizer.json also carries truncation (max_length) and batch padding, so
+    that the plain ``tokenizers`` library encodes exactly as tuneforge does."""
+    tokenizer.save_pretrained(out)
+    path = out / "tokenizer.json"
+    if path.is_file():
+        from tokenizers import Tokenizer
+
+        fast = Tokenizer.from_file(str(path))
+        fast.enable_truncation(max_length)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        fast.enable_padding(pad_id=pad_id, pad_token=tokenizer.pad_token or "[PAD]")
+        fast.save(str(path))
+
+
+def _classifier_over(candidate: TextClassifier, path: Path, fmt: str, name: str) -> TextClassifier:
+    """The same encoder and labels as ``candidate`` over another model file of the same format."""
+    backend = (OnnxBackend(path, name) if fmt == "onnx" else TorchScriptBackend(path, candidate.encoder.input_names, name))
+    return TextClassifier(candidate.label_names, candidate.encoder, backend, candidate.is_pair_task, name, path)
+
+
+def _measure(variants: dict[str, TextClassifier], sizes: dict[str, int], recipe, label_names: list[str],
+             texts: list[str], pairs: list[str] | None, settings: BenchSettings, log) -> dict:
+    test = load_test_split(recipe, label_names)
+    bench_texts, bench_pairs = (test.texts, test.text_pairs) if test is not None else (texts, pairs)
+    log(f"measuring {', '.join(variants)} on this CPU ({cpu_threads()} threads)")
+    load_before = os.getloadavg()[0]
+    timings = benchmark(variants, bench_texts, bench_pairs, settings)
+    load_after = os.getloadavg()[0]
+    rows = {}
+    for name, classifier in variants.items():
+        row = {"size_mb": round(sizes[name] / 1e6, 2), **timings[name]}
+        if test is not None:
+            row["test"] = labelled_accuracy(classifier, test.texts, test.text_pairs, test.labels)
+        rows[name] = row
+    base = rows["pytorch fp32"]
+    for row in rows.values():
+        row["speedup_batch1_vs_pytorch_fp32"] = round(base["latency_batch1_p50_ms"] / row["latency_batch1_p50_ms"], 2)
+        row["speedup_batch32_vs_pytorch_fp32"] = round(row["throughput_batch32_rows_per_s"]
+                                                       / base["throughput_batch32_rows_per_s"], 2)
+        if test is not None:
+            row["accuracy_change_points_vs_pytorch_fp32"] = round(
+                100 * (row["test"]["accuracy"] - base["test"]["accuracy"]), 2)
+    return {
+        "variants": rows,
+        "test_set": str(recipe.data.test) if test is not None else None,
+        "note": ("timings are the model's forward pass only (inputs tokenized beforehand), on this CPU, "
+                 "in interleaved rounds; batch-1 latency percentiles pool all rounds, rows/s is the median "
+                 "round" + ("" if test is not None else "; the run has no readable data.test, so there is no "
+                            "test accuracy and timings use the parity rows")),
+        "cpu": cpu_name(),
+        "threads": cpu_threads(),
+        "load_average_1min": [round(load_before, 2), round(load_after, 2)],
+        "settings": settings.as_dict(),
+    }
+
+
+def load_test_split(recipe, label_names: list[str]):
+    from tuneforge.core.data.examples import _read_split, _to_split
+
+    path = recipe.data.test
+    if path is None or not Path(path).is_file():
+        return None
+    frame, _ = _read_split(Path(path), recipe.data, "test")
+    return _to_split(frame, Path(path), recipe.data, "test", {name: i for i, name in enumerate(label_names)})
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata
+
+    versions = {"tuneforge": __version__}
+    for package in ("torch", "transformers", "onnx", "onnxruntime"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def summary_lines(out: Path, report: dict) -> list[str]:
+    """What ``tuneforge export`` prints: the parity result and the measured table."""
+    parity = report["parity"]
+    lines = [f"exported {report['format']}{' ' + report['quantize'] if report['quantize'] else ''} to {out}: "
+             f"{', '.join(report['files'])}",
+             f"  parity vs the run's PyTorch model on {parity['n_examples']} rows of {parity['rows']}: agreement "
+             f"{parity['agreement']:.2%}, max |Δlogit| {parity['max_abs_logit_diff']:.3g}"]
+    bench = report.get("benchmark")
+    if bench:
+        lines.append(f"  measured on {bench['cpu']}, {bench['threads']} threads (load average "
+                     f"{bench['load_average_1min'][0]}→{bench['load_average_1min'][1]}):")
+        lines.append(f"  {'variant':<18} {'size MB':>8} {'p50 ms b1':>10} {'p95 ms b1':>10} {'rows/s b32':>11} "
+                     f"{'test acc':>9}")
+        for name, row in bench["variants"].items():
+            accuracy = f"{row['test']['accuracy']:.4f}" if "test" in row else "n/a"
+            lines.append(f"  {name:<18} {row['size_mb']:>8.1f} {row['latency_batch1_p50_ms']:>10.2f} "
+                         f"{row['latency_batch1_p95_ms']:>10.2f} {row['throughput_batch32_rows_per_s']:>11.1f} "
+                         f"{accuracy:>9}")
+    lines.append(f"  report: {out / REPORT_NAME}")
+    return lines

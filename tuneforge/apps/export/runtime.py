@@ -1,0 +1,260 @@
+"""One inference interface over a run folder (PyTorch) and an export folder (ONNX Runtime, TorchScript,
+safetensors): texts in, logits out. Export, parity, benchmarks and the server all go through it, so the
+numbers they report are about the same code path."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from tuneforge.base.errors import UserError
+
+REPORT_NAME = "export_report.json"
+FORMATS = ("onnx", "torchscript", "safetensors")
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt", "safetensors": "model.safetensors"}
+
+
+def cpu_threads() -> int:
+    """Threads for every backend (PyTorch's default: the physical cores), so comparisons are fair."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def unsupported_task(task: str) -> UserError:
+    return UserError(f"task '{task}' runs: not supported yet; export and serve work for classification runs only")
+
+
+def model_input_names(tokenizer, model=None) -> list[str]:
+    """The inputs the model is fed: input_ids, attention_mask and, where both sides use them, token_type_ids."""
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in getattr(tokenizer, "model_input_names", []):
+        if model is None:
+            names.append("token_type_ids")
+        else:
+            import inspect
+
+            parameters = inspect.signature(model.forward).parameters
+            if "token_type_ids" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+                names.append("token_type_ids")
+    return names
+
+
+class Encoder:
+    """Tokenizes texts (and pair texts) once, truncated to the run's max_length, and pads batches."""
+
+    def __init__(self, tokenizer, max_length: int, input_names: list[str]) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.input_names = input_names
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def tokenize(self, texts: list[str], pairs: list[str] | None = None) -> list[dict[str, list[int]]]:
+        encoded = self.tokenizer(list(texts), list(pairs) if pairs is not None else None, truncation=True,
+                                 max_length=self.max_length, padding=False)
+        rows = []
+        for i in range(len(texts)):
+            ids = encoded["input_ids"][i]
+            row = {"input_ids": ids, "attention_mask": [1] * len(ids)}
+            if "token_type_ids" in self.input_names:
+                types = encoded.get("token_type_ids")
+                row["token_type_ids"] = types[i] if types is not None else [0] * len(ids)
+            rows.append(row)
+        return rows
+
+    def pad(self, rows: list[dict[str, list[int]]]) -> dict[str, np.ndarray]:
+        """int64 arrays padded to the longest row, one per input name."""
+        width = max(len(row["input_ids"]) for row in rows)
+        batch = {}
+        for name in self.input_names:
+            fill = self.pad_token_id if name == "input_ids" else 0
+            array = np.full((len(rows), width), fill, dtype=np.int64)
+            for r, row in enumerate(rows):
+                array[r, :len(row[name])] = row[name]
+            batch[name] = array
+        return batch
+
+    def __call__(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, np.ndarray]:
+        return self.pad(self.tokenize(texts, pairs))
+
+
+class Backend(Protocol):
+    name: str
+
+    def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+class TorchBackend:
+    """An eager PyTorch module (fp32, or dynamically quantized INT8)."""
+
+    def __init__(self, model, name: str = "pytorch") -> None:
+        self.model = model.eval()
+        self.name = name
+
+    def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            output = self.model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+        logits = output.logits if hasattr(output, "logits") else output
+        return logits.float().numpy()
+
+
+class TorchScriptBackend:
+    """A traced TorchScript module taking the inputs positionally, returning logits."""
+
+    def __init__(self, path: Path, input_names: list[str], name: str = "torchscript") -> None:
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.module = torch.jit.load(str(path), map_location="cpu").eval()
+        self.input_names = input_names
+        self.name = name
+
+    def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.module(*[torch.from_numpy(inputs[n]) for n in self.input_names]).float().numpy()
+
+
+class OnnxBackend:
+    """An ONNX Runtime session on the CPU."""
+
+    def __init__(self, path: Path, name: str = "onnx", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or cpu_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.name = name
+
+    def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, {n: inputs[n] for n in self.input_names})[0]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@dataclass
+class TextClassifier:
+    """Label names, an encoder and a backend: everything needed to classify texts."""
+
+    label_names: list[str]
+    encoder: Encoder
+    backend: Backend
+    is_pair_task: bool
+    description: str
+    source: Path
+
+    def logits(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 32) -> np.ndarray:
+        """Logits in the input order; batches are length-sorted so little time goes to padding."""
+        rows = self.encoder.tokenize(texts, pairs)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]), reverse=True)
+        result = np.zeros((len(rows), len(self.label_names)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            result[chunk] = self.backend.logits(self.encoder.pad([rows[i] for i in chunk]))
+        return result
+
+    def probabilities(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 32) -> np.ndarray:
+        return softmax(self.logits(texts, pairs, batch_size))
+
+
+def read_report(export_dir: Path) -> dict:
+    return json.loads((export_dir / REPORT_NAME).read_text(encoding="utf-8"))
+
+
+def load_classifier(path: str | Path, threads: int | None = None, require_parity: bool = True) -> TextClassifier:
+    """A run folder (its PyTorch model) or an export folder (its ONNX / TorchScript / safetensors model).
+
+    An export folder whose parity check failed (or never ran) is refused unless ``require_parity`` is off.
+    ``threads``: intra-op threads for PyTorch (process-wide) and ONNX Runtime; default PyTorch's."""
+    path = Path(path)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if not path.is_dir():
+        raise UserError(f"{path}: folder not found; pass a run folder (tuneforge train) or an export folder "
+                        "(tuneforge export)")
+    if (path / REPORT_NAME).is_file():
+        return _load_export(path, threads, require_parity)
+    if (path / "config.yaml").is_file():
+        return _load_run(path, threads)
+    raise UserError(f"{path}: neither a run folder (no config.yaml) nor an export folder (no {REPORT_NAME})")
+
+
+def check_run_task(run_dir: Path) -> None:
+    """Fail with "not supported yet" for runs of another task, before the recipe schema rejects them."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if path.is_file():
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        task = raw.get("task", "classification") if isinstance(raw, dict) else "classification"
+        if task != "classification":
+            raise unsupported_task(str(task))
+
+
+def _load_run(run_dir: Path, threads: int | None) -> TextClassifier:
+    """The run's model as :class:`tuneforge.core.tasks.predictor.Predictor` loads it (whatever the method's layout)."""
+    from tuneforge.core.tasks.predictor import Predictor
+
+    check_run_task(run_dir)
+    predictor = Predictor(run_dir)
+    model, tokenizer, recipe = predictor.model.eval(), predictor.tokenizer, predictor.recipe
+    encoder = Encoder(tokenizer, recipe.data.max_length, model_input_names(tokenizer, model))
+    return TextClassifier(list(predictor.label_names), encoder, TorchBackend(model, "pytorch fp32"),
+                          recipe.data.text_pair_column is not None, "run folder, PyTorch fp32", run_dir)
+
+
+def _load_export(export_dir: Path, threads: int | None, require_parity: bool) -> TextClassifier:
+    from transformers import AutoTokenizer
+
+    report = read_report(export_dir)
+    if report.get("task", "classification") != "classification":
+        raise unsupported_task(report["task"])
+    parity = report.get("parity") or {}
+    if require_parity and not parity.get("passed"):
+        if not parity:
+            raise UserError(f"{export_dir}: this export never finished its parity check; re-export the run")
+        raise UserError(f"{export_dir}: this export failed its parity check (agreement {parity['agreement']:.2%}, "
+                        f"needed {parity['min_agreement']:.0%}); it is kept for inspection only: re-export the run")
+    integrity = report.get("integrity") or {}
+    if require_parity and integrity.get("passed") is False:
+        raise UserError(f"{export_dir}: this export failed its integrity gate ({'; '.join(integrity['problems'])}); "
+                        "it is kept for inspection only: re-export the run (docs/trust.md)")
+    fmt, quantize = report["format"], report.get("quantize")
+    model_file = export_dir / report["model_file"]
+    if not model_file.is_file():
+        raise UserError(f"{export_dir}: {report['model_file']} is missing; re-export the run")
+    tokenizer = AutoTokenizer.from_pretrained(export_dir)
+    input_names = report["input_names"]
+    name = f"{fmt} {quantize or 'fp32'}"
+    if fmt == "onnx":
+        backend: Backend = OnnxBackend(model_file, name, threads)
+    elif fmt == "torchscript":
+        backend = TorchScriptBackend(model_file, input_names, name)
+    elif fmt == "safetensors":
+        from transformers import AutoModelForSequenceClassification
+
+        backend = TorchBackend(AutoModelForSequenceClassification.from_pretrained(export_dir).eval(), name)
+    else:
+        raise UserError(f"{export_dir}: unknown export format '{fmt}' in {REPORT_NAME}")
+    label_names = json.loads((export_dir / "labels.json").read_text(encoding="utf-8"))
+    encoder = Encoder(tokenizer, report["max_length"], input_names)
+    return TextClassifier(label_names, encoder, backend, bool(report.get("text_pair_column")),
+                          f"export folder, {name}", export_dir)

@@ -1,0 +1,403 @@
+"""Self-contained HTML reports: ``report.html`` of a run folder and ``data_report.html`` of ``data inspect``.
+
+One file each, with the CSS inline and every image a ``data:`` URI, so it opens from disk, from an
+e-mail attachment or an artefact store, with no network. The run report reads only the run folder's
+files (config.yaml, run.json, labels.json, metrics.jsonl, eval/<name>/...), so it can be rebuilt at any
+time with ``tuneforge report RUN_DIR``, also for a failed or interrupted run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tuneforge.base.errors import UserError
+
+CSS = """
+body{font-family:-apple-system,"Segoe UI",Roboto,"DejaVu Sans",Arial,sans-serif;margin:0;color:#1d2330;background:#f4f6f9}
+main{max-width:1120px;margin:0 auto;padding:24px 28px 60px}
+header{background:#1f3a5f;color:#fff;padding:22px 28px}
+header h1{margin:0 0 6px;font-size:24px} header p{margin:0;opacity:.85}
+section{background:#fff;border:1px solid #dfe3ea;border-radius:8px;padding:16px 20px;margin:18px 0}
+h2{margin:0 0 12px;font-size:19px;color:#1f3a5f}
+table{border-collapse:collapse;font-size:13.5px;margin:4px 0 8px}
+th,td{border-bottom:1px solid #e4e7ed;padding:5px 10px;text-align:left;vertical-align:top}
+th{background:#f0f3f7;font-weight:600} td.num{text-align:right;font-variant-numeric:tabular-nums}
+pre{background:#f7f8fa;border:1px solid #e4e7ed;padding:10px;overflow:auto;white-space:pre-wrap;font-size:12.5px;max-height:420px}
+img{max-width:100%;height:auto;display:block;margin:6px 0}
+.cards{display:flex;flex-wrap:wrap;gap:12px}
+.card{background:#f0f5fb;border:1px solid #d6e2f0;border-radius:6px;padding:10px 14px;min-width:120px}
+.card b{display:block;font-size:20px;color:#1f3a5f} .card span{font-size:12px;color:#556}
+.warn{color:#9a3b00} .muted{color:#667;font-size:13px} .bad{background:#fff3ef}
+"""
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(headers: list[str], rows: list[list[Any]], numeric: set[int] | None = None,
+          row_class: list[str] | None = None) -> str:
+    numeric = numeric or set()
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = []
+    for r, row in enumerate(rows):
+        cls = f' class="{row_class[r]}"' if row_class and row_class[r] else ""
+        cells = "".join(f'<td class="num">{esc(fmt(v))}</td>' if i in numeric else f"<td>{esc(fmt(v))}</td>"
+                        for i, v in enumerate(row))
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def cards(items: list[tuple[str, Any]]) -> str:
+    return '<div class="cards">' + "".join(
+        f'<div class="card"><b>{esc(fmt(value))}</b><span>{esc(name)}</span></div>' for name, value in items) + "</div>"
+
+
+def image_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def img(png: bytes, alt: str) -> str:
+    return f'<img alt="{esc(alt)}" src="{image_uri(png)}">'
+
+
+def figure_png(figure) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def section(section_id: str, title: str, body: str) -> str:
+    return f'<section id="{esc(section_id)}"><h2>{esc(title)}</h2>{body}</section>'
+
+
+def page(title: str, subtitle: str, sections: list[str]) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
+            f"<header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header><main>{''.join(sections)}</main>"
+            "</body></html>\n")
+
+
+# ----------------------------------------------------------------------------- the run report
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
+    steps, epochs = [], []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            (epochs if any(k.startswith("validation_") for k in record) else steps).append(record)
+    return steps, epochs
+
+
+def curves_png(steps: list[dict], epochs: list[dict]) -> bytes | None:
+    """Training loss and learning rate per step, validation metrics per epoch."""
+    if not steps and not epochs:
+        return None
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    loss_points = [(r["step"], r["loss"]) for r in steps if "loss" in r]
+    if loss_points:
+        axes[0].plot(*zip(*loss_points), color="#1f77b4", marker="." if len(loss_points) < 30 else None)
+    val_loss = [(r["step"], r["validation_loss"]) for r in epochs if r.get("validation_loss") is not None]
+    if val_loss:
+        axes[0].plot(*zip(*val_loss), color="#d62728", marker="o", label="validation loss (per epoch)")
+        axes[0].legend(fontsize=8)
+    axes[0].set_title("training loss")
+    axes[0].set_xlabel("optimizer step")
+    lr_points = sorted({(r["step"], r["lr"]) for r in steps + epochs if "lr" in r and "step" in r})
+    if lr_points:
+        axes[1].plot(*zip(*lr_points), color="#2ca02c", marker="." if len(lr_points) < 30 else None)
+    axes[1].set_title("learning rate")
+    axes[1].set_xlabel("optimizer step")
+    axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    for key, color in (("validation_accuracy", "#1f77b4"), ("validation_f1_macro", "#ff7f0e"),
+                       ("validation_roc_auc", "#9467bd")):
+        points = [(r["epoch"], r[key]) for r in epochs if r.get(key) is not None]
+        if points:
+            axes[2].plot(*zip(*points), marker="o", color=color, label=key.replace("validation_", ""))
+    axes[2].set_title("validation metrics per epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[2].set_xlabel("epoch")
+    if epochs:
+        axes[2].legend(fontsize=8)
+    for axis in axes:
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure_png(figure)
+
+
+def _eval_folder(run_dir: Path) -> Path | None:
+    if (run_dir / "eval" / "test" / "metrics.json").is_file():
+        return run_dir / "eval" / "test"
+    found = sorted(p.parent for p in (run_dir / "eval").glob("*/metrics.json")) if (run_dir / "eval").is_dir() else []
+    return found[0] if found else None
+
+
+def render_run_report(run_dir: str | Path, top_errors: int = 20) -> str:
+    """The HTML of a run folder's report."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: not a folder; give a run folder written by `tuneforge train`")
+    status = _read_json(run_dir / "run.json")
+    if status is None and not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir}: not a run folder (no run.json or config.yaml)")
+    status = status or {}
+    labels = _read_json(run_dir / "labels.json") or []
+    steps, epochs = _read_metrics(run_dir / "metrics.jsonl")
+    eval_dir = _eval_folder(run_dir)
+    eval_metrics = _read_json(eval_dir / "metrics.json") if eval_dir else None
+    name = status.get("name", run_dir.name)
+    subtitle = (f"{status.get('status', 'unknown status')} · model {status.get('model', '?')} · method "
+                f"{status.get('method', '?')} · started {status.get('started', '?')} · {run_dir}")
+    sections: list[str] = []
+
+    # summary cards
+    headline = [("status", status.get("status", "?"))]
+    if eval_metrics:
+        headline += [(f"{eval_dir.name} accuracy", eval_metrics.get("accuracy")),
+                     (f"{eval_dir.name} f1_macro", eval_metrics.get("f1_macro"))]
+    if status.get("validation"):
+        headline.append(("validation f1_macro (best epoch)", status["validation"].get("f1_macro")))
+    minutes = status.get("minutes")
+    headline += [("best epoch", status.get("best_epoch")),
+                 ("minutes", f"{minutes:.1f}" if isinstance(minutes, (int, float)) else minutes)]
+    body = cards(headline)
+    if status.get("error"):
+        body += f'<p class="warn">error: {esc(status["error"])}</p>'
+    sections.append(section("summary", "Summary", body))
+
+    # recipe
+    recipe_text = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").is_file() \
+        else "(no config.yaml)"
+    sections.append(section("recipe", "Recipe", f"<p class=\"muted\">The resolved recipe (every default filled "
+                                                f"in), as saved in config.yaml.</p><pre>{esc(recipe_text)}</pre>"))
+
+    # data
+    rows = status.get("rows") or {}
+    body = table(["split", "rows"], [[k, v] for k, v in rows.items()], numeric={1}) if rows else ""
+    data_info = status.get("data") or {}
+    counts = data_info.get("label_counts") or {}
+    if counts:
+        splits = list(counts)
+        names = labels or sorted({n for c in counts.values() for n in c})
+        body += "<h3>Labels per split</h3>" + table(["label", *splits],
+                                                    [[n, *[counts[s].get(n, 0) for s in splits]] for n in names],
+                                                    numeric=set(range(1, len(splits) + 1)))
+    elif labels:
+        body += f"<p>{len(labels)} labels: {esc(', '.join(labels[:50]))}{' …' if len(labels) > 50 else ''}</p>"
+    for note in data_info.get("notes") or []:
+        body += f'<p class="muted">note: {esc(note)}</p>'
+    sections.append(section("data", "Data", body or "<p>No data summary in run.json.</p>"))
+
+    # curves
+    png = curves_png(steps, epochs)
+    body = img(png, "training curves") if png else "<p>No metrics.jsonl lines yet.</p>"
+    if epochs:
+        keys = [k for k in ("validation_loss", "validation_accuracy", "validation_f1_macro", "validation_roc_auc")
+                if any(k in r for r in epochs)]
+        body += table(["epoch", "step", "lr", *[k.replace("validation_", "val ") for k in keys], "train s", "samples/s"],
+                      [[r.get("epoch"), r.get("step"), f"{r.get('lr', 0):.2e}", *[r.get(k) for k in keys],
+                        f"{r.get('train_seconds', 0.0):.1f}", f"{r.get('samples_per_s', 0.0):.1f}"] for r in epochs],
+                      numeric=set(range(0, 6 + len(keys))))
+    sections.append(section("curves", "Training curves", body))
+
+    # final metrics
+    metric_keys = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "roc_auc", "loss",
+                   "n_examples")
+    final_rows = []
+    if status.get("validation"):
+        final_rows.append([f"validation (best epoch {status.get('best_epoch', '?')})",
+                           *[status["validation"].get(k) for k in metric_keys]])
+    if eval_metrics:
+        final_rows.append([eval_dir.name, *[eval_metrics.get(k) for k in metric_keys]])
+    body = table(["split", *metric_keys], final_rows, numeric=set(range(1, len(metric_keys) + 1))) if final_rows \
+        else "<p>No final metrics (the run has not finished).</p>"
+    sections.append(section("metrics", "Final metrics", body))
+
+    # per class
+    per_class = (eval_metrics or {}).get("per_class") or {}
+    if per_class:
+        ordered = sorted(per_class.items(), key=lambda kv: kv[1]["f1"])
+        body = (f"<p class=\"muted\">On {esc(eval_dir.name)}, worst F1 first.</p>"
+                + table(["label", "precision", "recall", "f1", "support"],
+                        [[k, v["precision"], v["recall"], v["f1"], v["support"]] for k, v in ordered],
+                        numeric={1, 2, 3, 4}, row_class=["bad" if v["f1"] < 0.5 else "" for _, v in ordered]))
+    else:
+        body = "<p>No per-class metrics (no evaluation folder).</p>"
+    sections.append(section("per-class", "Per-class metrics", body))
+
+    # confusion matrix
+    matrix = eval_dir / "confusion_matrix.png" if eval_dir else None
+    body = img(matrix.read_bytes(), "confusion matrix") if matrix and matrix.is_file() else \
+        "<p>No confusion matrix (no evaluation folder).</p>"
+    sections.append(section("confusion", "Confusion matrix", body))
+
+    # most confident errors
+    errors_path = eval_dir / "errors.csv" if eval_dir else None
+    if errors_path and errors_path.is_file():
+        errors = pd.read_csv(errors_path, keep_default_na=False)
+        shown = errors.head(top_errors)
+        columns = [c for c in ("row", "text", "text_pair", "gold", "predicted", "confidence") if c in shown.columns]
+        body = (f"<p class=\"muted\">{len(errors)} error(s) on {esc(eval_dir.name)}; the {len(shown)} the model was "
+                "surest of (a high confidence on a wrong answer often means a wrong gold label).</p>"
+                + table(columns, shown[columns].values.tolist(), numeric={columns.index("confidence")}
+                        if "confidence" in columns else set()))
+    else:
+        body = "<p>No errors.csv (no evaluation folder).</p>"
+    sections.append(section("errors", "Most confident errors", body))
+
+    # timings
+    timing_rows = [["total", f"{status.get('minutes', '?')} min"], ["started", status.get("started")],
+                   ["finished", status.get("finished")]]
+    for record in epochs:
+        timing_rows.append([f"epoch {record.get('epoch')} training",
+                            f"{record.get('train_seconds', 0):.1f} s ({record.get('samples_per_s', 0):.1f} samples/s)"])
+    for key in ("precision", "trainable_params", "total_params", "stopped_early"):
+        if key in status:
+            timing_rows.append([key.replace("_", " "), status[key]])
+    sections.append(section("timings", "Timings", table(["what", "value"], timing_rows)))
+    return page(f"tuneforge run: {name}", subtitle, sections)
+
+
+def write_run_report(run_dir: str | Path) -> Path:
+    """Write (or rewrite: it is derived from the run's other files) ``RUN_DIR/report.html``."""
+    path = Path(run_dir) / "report.html"
+    path.write_text(render_run_report(run_dir), encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------- the data report
+
+
+def _bar_png(names: list[str], values: list[int], title: str, xlabel: str) -> bytes:
+    plt = _pyplot()
+    height = min(max(2.5, 0.22 * len(names) + 1.2), 24)
+    figure, axes = plt.subplots(figsize=(9, height))
+    axes.barh(range(len(names)), values, color="#3c6ea8")
+    axes.set_yticks(range(len(names)), labels=names, fontsize=8 if len(names) > 20 else 10)
+    axes.margins(y=0.01)
+    axes.invert_yaxis()
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    return figure_png(figure)
+
+
+def _histogram_png(lengths: dict[str, Any]) -> bytes:
+    plt = _pyplot()
+    edges, counts = lengths["histogram"]["edges"], lengths["histogram"]["counts"]
+    figure, axes = plt.subplots(figsize=(9, 3.2))
+    axes.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges[:-1], edges[1:])], align="edge",
+             color="#3c6ea8", edgecolor="white")
+    axes.axvline(lengths["max_length"], color="#d62728", linestyle="--", label=f"max_length {lengths['max_length']}")
+    axes.set_xlabel("tokens per example")
+    axes.set_ylabel("rows")
+    axes.set_title("Text length in tokens")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure_png(figure)
+
+
+def _examples_table(examples: list[dict[str, Any]]) -> str:
+    if not examples:
+        return "<p>None.</p>"
+    return table(["text", "rows", "labels", "size"],
+                 [[" | ".join(e.get("texts") or [e["text"]]), ", ".join(map(str, e["rows"][:10])),
+                   ", ".join(map(str, e["labels"][:10])), e["size"]] for e in examples], numeric={3})
+
+
+def render_data_report(report: dict[str, Any]) -> str:
+    """The HTML of a ``tuneforge data inspect`` report."""
+    from tuneforge.apps.datatools.inspect import summary_lines
+
+    sections = [section("summary", "Summary", "<pre>" + esc("\n".join(summary_lines(report))) + "</pre>")]
+    labels = report["labels"]
+    if labels["count"]:
+        distribution = sorted(labels["distribution"].items(), key=lambda kv: -kv[1])
+        body = cards([("labels", labels["count"]), ("imbalance ratio", round(labels["imbalance_ratio"], 2)),
+                      ("rows without label", labels["missing"])])
+        body += img(_bar_png([k for k, _ in distribution], [v for _, v in distribution], "Rows per label", "rows"),
+                    "label distribution")
+        sections.append(section("labels", "Label distribution", body))
+    lengths = report.get("lengths")
+    if lengths:
+        body = cards([("median tokens", lengths["median"]), ("p95", lengths["p95"]), ("max", lengths["max"]),
+                      (f"rows over max_length {lengths['max_length']}", lengths["over_max_length"])])
+        body += img(_histogram_png(lengths), "length histogram")
+        if lengths["over_max_length_rows"]:
+            body += f"<p class=\"muted\">rows over max_length: {esc(', '.join(map(str, lengths['over_max_length_rows'])))}</p>"
+        sections.append(section("lengths", "Text length", body))
+    empty = report["empty"]
+    sections.append(section("empty", "Empty rows", f"<p>{empty['count']} empty or whitespace-only text(s)"
+                            + (f": rows {esc(', '.join(map(str, empty['rows'])))}" if empty["count"] else "") + "</p>"))
+    exact, near = report["exact_duplicates"], report["near_duplicates"]
+    sections.append(section("duplicates", "Duplicates",
+                            f"<p>{exact['rows']} exact duplicate row(s) in {exact['groups']} group(s).</p>"
+                            + _examples_table(exact["examples"])
+                            + f"<h3>Near-duplicates</h3><p>{near['rows']} row(s) in {near['groups']} group(s): "
+                              f"{esc(near['definition'])}.</p>" + _examples_table(near["examples"])))
+    conflicts = report["conflicting_labels"]
+    sections.append(section("conflicts", "Conflicting labels",
+                            f"<p>{conflicts['groups']} text(s) appear with more than one label ({conflicts['rows']} "
+                            "rows).</p>" + _examples_table(conflicts["examples"])))
+    against = report.get("against")
+    if against:
+        body = cards([("test rows", against["test_rows"]), ("also in train", against["normalised"]),
+                      ("exactly", against["exact"]), ("with another label", against.get("different_label", "–"))])
+        body += table(["test row", "train row", "text", "exact"],
+                      [[e["test_row"], e["train_row"], e["text"], e["exact"]] for e in against["examples"]],
+                      numeric={0, 1})
+        sections.append(section("leakage", f"Leakage: {Path(against['file']).name} rows found in "
+                                           f"{Path(report['file']).name}", body))
+    return page(f"tuneforge data report: {Path(report['file']).name}", f"{report['rows']:,} rows · {report['file']}",
+                sections)

@@ -1,0 +1,447 @@
+"""One function per CLI command. Each takes plain arguments, prints for a person, returns an exit code
+or raises UserError; :mod:`tuneforge.cli` only parses arguments and turns errors into one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tuneforge import __version__
+from tuneforge.base.recipe import dump_recipe
+from tuneforge.base.errors import UserError
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def is_generative_recipe(recipe_path: str, overrides: list[str]) -> bool:
+    """Whether the recipe's task is sft, causal-lm or masked-lm (tuneforge.core.engine.generative runs those)."""
+    from tuneforge.base.recipe import GENERATIVE_TASKS, load_recipe
+
+    return load_recipe(recipe_path, overrides).task in GENERATIVE_TASKS
+
+
+def validate_command(recipe_path: str, overrides: list[str]) -> int:
+    """``tuneforge validate RECIPE``: the recipe and its data checked in full (no weights loaded), summarised."""
+    from tuneforge.core.engine.validate import validate_job
+
+    if is_generative_recipe(recipe_path, overrides):
+        from tuneforge.core.engine.generative import validate_generative_job
+
+        job = validate_generative_job(recipe_path, overrides)
+        what = f"task {job.recipe.task}"
+    else:
+        job = validate_job(recipe_path, overrides)
+        what = f"{len(job.data.label_names)} labels"
+    data = job.data
+    print(f"{recipe_path}: valid. {what}; train {len(data.train)}, validation {len(data.validation)}, "
+          f"test {len(data.test) if data.test else 0} rows; model {job.recipe.model} "
+          f"({job.model_config.model_type}); method {job.recipe.method.name}")
+    for note in data.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def train_command(recipe_path: str | None, overrides: list[str], output: str | None, resume: str | None = None,
+                  allow_pickle: bool = False) -> int:
+    from tuneforge.base.runfolder import RunStatus
+    from tuneforge.core.tasks import task_for
+    from tuneforge.core.engine.checkpoint import StopRequest, TrainingInterrupted, explain_out_of_memory, find_resumable
+    from tuneforge.core.engine.distributed import distributed
+    from tuneforge.core.engine.loop import train
+    from tuneforge.core.engine.resume import check_resumable, create_run_dir, resume_facts
+    from tuneforge.core.engine.tracking import check_report_to
+    from tuneforge.core.engine.validate import validate_job
+
+    dist = distributed()  # several processes under `accelerate launch`; rank 0 alone writes the run folder
+    if resume is not None:
+        recipe_path = str(check_resumable(resume, recipe_path, overrides, output))
+    elif recipe_path is None:
+        raise UserError("train: give a RECIPE.yaml, or --resume RUN_DIR to continue an interrupted run")
+    if is_generative_recipe(recipe_path, overrides):  # task sft / causal-lm / masked-lm: their own loop
+        from tuneforge.core.engine.generative import train_generative_command
+
+        if resume is not None or dist.enabled:
+            raise UserError(f"{'--resume' if resume is not None else 'a distributed launch'} for the generative "
+                            "tasks (sft, causal-lm, masked-lm): not supported yet; their loop writes no "
+                            "checkpoints and runs in one process")
+
+        return train_generative_command(recipe_path, overrides, output, log)
+    job = validate_job(recipe_path, overrides)
+    recipe, data = job.recipe, job.data
+    check_report_to(recipe.train.report_to)
+    for note in data.notes:
+        log(f"note: {note}")
+    checkpoint, skipped = None, []
+    if resume is not None:
+        run_dir = Path(resume)
+        checkpoint, skipped = find_resumable(run_dir, log=log, allow_pickle=allow_pickle)
+    else:
+        run_dir = create_run_dir(dist, output, recipe.name)
+    if not dist.is_main:  # the other processes of a distributed launch only train
+        with StopRequest(log).installed() as stop:
+            train(recipe, data, run_dir, log=lambda message: None, resume_from=checkpoint, stop=stop)
+        return 0
+    log(f"run folder: {run_dir}")
+    if resume is None:
+        dump_recipe(recipe, run_dir / "config.yaml")
+        (run_dir / "labels.json").write_text(json.dumps(data.label_names, indent=1, ensure_ascii=False),
+                                             encoding="utf-8")
+    status = RunStatus(run_dir, name=recipe.name, task=recipe.task, model=recipe.model, method=recipe.method.name,
+                       tuneforge_version=__version__, rows={"train": len(data.train), "validation": len(data.validation),
+                                                            "test": len(data.test) if data.test else 0},
+                       processes=dist.world_size, **resume_facts(run_dir, checkpoint, skipped))
+    status.update(data=data_summary(data, recipe.task))
+    from tuneforge.apps.manifest import start_manifest
+
+    start_manifest(run_dir, recipe, recipe_path, overrides, resume=status.data if checkpoint is not None else None)
+    try:
+        with StopRequest(log).installed() as stop:
+            result = train(recipe, data, run_dir, log=log, resume_from=checkpoint, stop=stop)
+        status.update(trainable_params=result.trainable_params, total_params=result.total_params,
+                      trainable_share=result.trainable_params / result.total_params, best_epoch=result.best_epoch,
+                      stopped_early=result.stopped_early, precision=result.runtime.precision_name,
+                      validation={k: v for k, v in result.best_metrics.items()})
+        summary = {"validation": result.best_metrics}
+        # [task] evaluate data.test into eval/test (multilabel first tunes and stores its thresholds)
+        summary.update(task_for(recipe.task).after_training(recipe, data, result, run_dir, log))
+        if "test" in summary:
+            status.update(test={k: v for k, v in summary["test"].items() if k not in ("per_class", "thresholds")})
+    except TrainingInterrupted as interrupted:
+        status.finish("interrupted", checkpoint=str(interrupted.checkpoint) if interrupted.checkpoint else None)
+        if interrupted.checkpoint:
+            print(f"interrupted: saved {interrupted.checkpoint}\nresume with: tuneforge train --resume {run_dir}")
+        else:
+            print("interrupted: no checkpoint was written (train.keep_checkpoints is 0)")
+        return 130
+    except KeyboardInterrupt:
+        status.finish("interrupted")
+        raise
+    except BaseException as exc:
+        status.finish("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        write_report_quietly(run_dir)
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            raise explain_out_of_memory(exc) from None
+        raise
+    status.finish("completed")
+    write_report_quietly(run_dir)
+    print_summary(run_dir, summary, status.data["minutes"])
+    return 0
+
+
+def data_summary(data, task: str = "classification") -> dict:
+    """What run.json keeps about the data: label counts per split and the notes (splits, balance, augment)."""
+    from tuneforge.core.tasks import task_for
+
+    splits = {"train": data.train, "validation": data.validation, "test": data.test}
+    counts = {name: task_for(task).label_counts(split, data.label_names)
+              for name, split in splits.items() if split is not None}
+    return {"label_counts": counts, "notes": list(data.notes)}
+
+
+def write_report_quietly(run_dir: Path) -> None:
+    """Write report.html; a failure here is logged, never turns a finished run into a failed one."""
+    from tuneforge.apps.report import write_run_report
+
+    try:
+        path = write_run_report(run_dir)
+        log(f"report: {path}")
+    except Exception as exc:  # noqa: BLE001 - the run itself is complete and saved
+        log(f"warning: could not write {run_dir / 'report.html'} ({type(exc).__name__}: {exc}); "
+            f"run `tuneforge report {run_dir}` to retry")
+
+
+def print_summary(run_dir: Path, summary: dict, minutes: float) -> None:
+    keys = ("accuracy", "f1_micro", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "roc_auc")
+    print(f"\nrun {run_dir} finished in {minutes:.1f} min")
+    for split, metrics in summary.items():
+        values = ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if metrics.get(k) is not None)
+        print(f"  {split:<10} {values} (n={metrics.get('n_examples', '?')})")
+
+
+def eval_command(run_dir: str, data_file: str) -> int:
+    from tuneforge.core.data.examples import _read_split, _to_split
+    from tuneforge.core.evaluate import write_evaluation
+    from tuneforge.core.tasks.predictor import Predictor, load_run_recipe
+    from tuneforge.core.tasks import task_for
+
+    task = load_run_recipe(Path(run_dir)).task if Path(run_dir).is_dir() else "classification"
+    if task != "classification":  # [task] multilabel and image runs evaluate their own way
+        return task_for(task).eval_command(run_dir, data_file)
+    predictor = Predictor(run_dir)
+    path = Path(data_file)
+    frame, notes = _read_split(path, predictor.recipe.data, "eval")
+    split = _to_split(frame, path, predictor.recipe.data, path.stem, {n: i for i, n in enumerate(predictor.label_names)})
+    folder = Path(run_dir) / "eval" / path.stem
+    if folder.exists() and any(folder.iterdir()):
+        raise UserError(f"{folder}: an evaluation of a file named '{path.stem}' already exists; it is never "
+                        "overwritten: rename or remove that folder first")
+    probabilities = predictor.probabilities(split.texts, split.text_pairs)
+    metrics = write_evaluation(folder, predictor.label_names, np.array(split.labels), probabilities, split.texts,
+                               split.text_pairs, split.source_rows)
+    for note in notes:
+        log(f"note: {note}")
+    print_summary(folder, {path.stem: metrics}, 0.0)
+    print(f"  wrote {folder}/metrics.json, predictions.csv, errors.csv, confusion_matrix.png")
+    return 0
+
+
+def predict_command(run_dir: str, text: str | None, text_pair: str | None, input_file: str | None,
+                    output_file: str | None, top: int) -> int:
+    from tuneforge.core.data.io import SOURCE_ROW, read_table, write_table
+    from tuneforge.core.tasks.predictor import Predictor, load_run_recipe
+    from tuneforge.core.tasks import task_for
+
+    if (text is None) == (input_file is None):
+        raise UserError("predict: give either --text \"...\" or --input FILE --output FILE")
+    if input_file is not None and output_file is None:
+        raise UserError("predict: --input needs --output FILE (CSV, TSV, JSON, JSONL or Parquet)")
+    if output_file is not None and Path(output_file).exists():
+        raise UserError(f"{output_file}: already exists; predict never overwrites a file, choose another --output")
+    task = load_run_recipe(Path(run_dir)).task if Path(run_dir).is_dir() else "classification"
+    if task != "classification":  # [task] multilabel and image runs predict their own way
+        return task_for(task).predict_command(run_dir, text, text_pair, input_file, output_file, top)
+    predictor = Predictor(run_dir)
+    names = predictor.label_names
+    if text is not None:
+        if not text.strip():
+            raise UserError("predict: --text is empty")
+        if predictor.is_pair_task and text_pair is None:
+            raise UserError("predict: this run classifies sentence pairs; add --text-pair \"...\"")
+        probabilities = predictor.probabilities([text], [text_pair] if text_pair is not None else None)[0]
+        order = np.argsort(-probabilities)
+        print(f"{names[order[0]]}\t{probabilities[order[0]]:.4f}")
+        for index in order[:top]:
+            print(f"  {names[index]:<30} {probabilities[index]:.4f}")
+        return 0
+
+    data = predictor.recipe.data
+    frame = read_table(input_file)
+    columns = [data.text_column] + ([data.text_pair_column] if data.text_pair_column else [])
+    for column in columns:
+        if column not in frame.columns:
+            present = ", ".join(c for c in frame.columns if c != SOURCE_ROW)
+            raise UserError(f"{input_file}: no column '{column}' (the run was trained on it); the file has: {present}")
+        blank = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
+        if blank.any():
+            rows = frame.loc[blank, SOURCE_ROW].tolist()[:10]
+            raise UserError(f"{input_file}: empty text in column '{column}' at rows {', '.join(map(str, rows))}; "
+                            "fix or remove them")
+    pairs = frame[data.text_pair_column].astype(str).tolist() if data.text_pair_column else None
+    probabilities = predictor.probabilities(frame[data.text_column].astype(str).tolist(), pairs)
+    result = frame.copy()
+    result["predicted_label"] = [names[i] for i in probabilities.argmax(axis=1)]
+    result["confidence"] = np.round(probabilities.max(axis=1), 6)
+    write_table(result, output_file)
+    counts = pd.Series(result["predicted_label"]).value_counts()
+    print(f"wrote {len(result)} predictions to {output_file}: " + ", ".join(f"{k} {v}" for k, v in counts.head(5).items()))
+    return 0
+
+
+def models_command() -> int:
+    from tuneforge.core.methods import method_names, method_spec
+    from tuneforge.base.models import describe_aliases
+
+    print("Model aliases (use as `model:`; a local folder or a hub id also works):")
+    for alias, where, description in describe_aliases():
+        print(f"  {alias:<14} {description}\n  {'':<14} -> {where}")
+    print("\nMethods (`method.name`):")
+    for name in method_names():
+        print(f"  {name:<14} {method_spec(name).summary}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- data and report commands
+
+
+def data_inspect_command(file: str, text_column: str | None, text_pair_column: str | None, label_column: str | None,
+                         against: str | None, recipe_path: str | None, model: str | None, max_length: int | None,
+                         output: str | None) -> int:
+    from tuneforge.apps.datatools.inspect import inspect_file, summary_lines, write_report
+
+    defaults = {"text_column": "text", "text_pair_column": None, "label_column": "label", "model": "minilm",
+                "max_length": 128}
+    if recipe_path is not None:
+        from tuneforge.base.recipe import load_recipe
+
+        recipe = load_recipe(recipe_path)
+        defaults = {"text_column": recipe.data.text_column, "text_pair_column": recipe.data.text_pair_column,
+                    "label_column": recipe.data.label_column, "model": recipe.model,
+                    "max_length": recipe.data.max_length}
+    model = model if model is not None else defaults["model"]
+    report = inspect_file(file, text_column or defaults["text_column"], label_column or defaults["label_column"],
+                          text_pair_column or defaults["text_pair_column"], against,
+                          None if model == "none" else model, max_length or defaults["max_length"])
+    print("\n".join(summary_lines(report)))
+    if output is not None:
+        json_path, html_path = write_report(report, output)
+        print(f"wrote {json_path} and {html_path}")
+    return 0
+
+
+def data_clean_command(file: str, output: str, text_column: str, text_pair_column: str | None, label_column: str,
+                       dedupe: str | None, resolve_conflicts: str | None, drop_empty: bool, log_file: str | None) -> int:
+    from tuneforge.apps.datatools.clean import clean_file
+
+    result = clean_file(file, output, text_column, label_column, text_pair_column, dedupe, resolve_conflicts,
+                        drop_empty, log_file)
+    counts = result.counts
+    print(f"{file}: {result.rows_in:,} rows -> {result.output}: {result.rows_out:,} rows "
+          f"({result.removed} removed, {result.relabelled} relabelled)")
+    print(f"  empty {counts['empty']}, conflicts relabelled {counts['conflict_relabelled']}, conflicts dropped "
+          f"{counts['conflict_dropped']}, duplicates {counts['duplicate']}")
+    if counts["duplicate_kept_other_label"]:
+        print(f"  note: {counts['duplicate_kept_other_label']} copies were kept because their label differs from an "
+              "earlier copy's; add --resolve-conflicts majority|drop to settle them")
+    print(f"  log of every change: {result.log}")
+    return 0
+
+
+def data_noise_command(recipe_path: str, overrides: list[str], folds: int, output: str | None, top: int) -> int:
+    from tuneforge.base.recipe import load_recipe
+    from tuneforge.core.data.io import write_table
+    from tuneforge.apps.datatools.noise import find_noise
+
+    recipe = load_recipe(recipe_path, overrides)
+    target = Path(output) if output else Path(f"{recipe.name}.label_issues.csv")
+    if target.exists():
+        raise UserError(f"{target}: already exists; the noise finder never overwrites a file, choose another --output")
+    result = find_noise(recipe, folds, log=log)
+    write_table(result.issues, target)
+    share = len(result.issues) / max(result.rows, 1)
+    print(f"{recipe.data.train}: {len(result.issues)} of {result.rows:,} rows ({share:.1%}) look mislabelled "
+          f"(out-of-fold accuracy of the frozen-body head {result.out_of_fold_accuracy:.4f}, {result.folds} folds; "
+          f"features {result.seconds_features:.0f}s, folds {result.seconds_folds:.1f}s)")
+    for record in result.issues.head(top).itertuples(index=False):
+        text = " ".join(str(record.text).split())
+        print(f"  row {record.row}: {record.label} -> {record.suggested_label} "
+              f"(p {record.label_probability:.3f} vs {record.suggested_probability:.3f}): "
+              f"{text[:70] + ('…' if len(text) > 70 else '')}")
+    print(f"wrote {target} (ranked, most likely errors first)")
+    return 0
+
+
+def report_command(run_dir: str) -> int:
+    from tuneforge.apps.report import write_run_report
+
+    path = write_run_report(run_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+def export_command(run_dir: str, fmt: str, quantize: str | None, output: str | None, data_file: str | None,
+                   min_agreement: float, measure: bool) -> int:
+    from tuneforge.apps.export.pipeline import export_run, summary_lines
+
+    out, report = export_run(run_dir, fmt, quantize, output, data_file=data_file, min_agreement=min_agreement,
+                             measure=measure, log=log)
+    print("\n".join(summary_lines(out, report)))
+    return 0
+
+
+def serve_command(path: str, host: str, port: int, max_texts: int, max_text_chars: int, max_batch: int,
+                  threads: int | None = None) -> int:
+    from tuneforge.apps.export.serve import Limits, serve
+
+    serve(path, host, port, Limits(max_texts=max_texts, max_text_chars=max_text_chars, max_batch=max_batch),
+          threads=threads, log=log)
+    return 0
+
+
+def compare_command(recipe_path: str, methods: str, overrides: list[str], output: str | None,
+                    budget_minutes: float | None, learning_rates: str) -> int:
+    from tuneforge.apps.compare import compare, parse_methods, table_markdown
+
+    folder, results = compare(recipe_path, parse_methods(methods), overrides, output, budget_minutes,
+                              learning_rates, log=log)
+    print(table_markdown(results))
+    print(f"\nwrote {folder / 'compare.md'}, compare.json, compare.png")
+    return 0 if all(r.status == "completed" for r in results) else 1
+
+
+def plan_command(recipe_path: str, overrides: list[str], memory_gb: float | None, minutes: float | None,
+                 gpu: str | None, methods: str | None, json_output: str | None) -> int:
+    from tuneforge.apps.compare import parse_methods
+    from tuneforge.apps.plan import format_plan, make_plan
+
+    plan = make_plan(recipe_path, overrides, memory_gb, minutes, gpu,
+                     methods=parse_methods(methods) if methods else None, log=log)
+    print(format_plan(plan))
+    if json_output:
+        Path(json_output).write_text(json.dumps(plan.to_dict(), indent=2, default=str), encoding="utf-8")
+        print(f"\nwrote {json_output}")
+    return 0
+
+
+def search_command(recipe_path: str, space_path: str, trials: int, storage: str | None, jobs: int, pruner: str,
+                   sampler: str, metric: str | None, study_name: str | None, output: str | None,
+                   overrides: list[str]) -> int:
+    from tuneforge.apps.search.report import write_search_report
+    from tuneforge.apps.search.study import prepare_search, run_search
+
+    spec = prepare_search(recipe_path, space_path, trials, storage, jobs, pruner, sampler, metric, study_name,
+                          output, overrides, log=log)
+    log(f"search folder: {spec.output}")
+    try:
+        run_search(spec, log=log)
+    finally:  # a killed or failed search still leaves an up-to-date table of what it finished
+        summary = write_search_report(spec)
+    counts = summary.counts
+    print(f"\nstudy '{spec.study_name}': {sum(counts.values())} trials ({counts['complete']} completed, "
+          f"{counts['pruned']} pruned, {counts['fail']} failed, {counts['running']} running)")
+    if summary.best_number is not None:
+        params = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                           for key, value in summary.best_params.items())
+        print(f"  best: trial {summary.best_number}, validation {spec.metric} {summary.best_value:.4f} ({params})")
+        print(f"  wrote {spec.output}/best.yaml, trials.csv, trials.md, search.md"
+              + (", importance.png" if summary.importances else ""))
+    for note in summary.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def generate_command(run_dir: str, prompt: str | None, input_file: str | None, output_file: str | None,
+                     max_new_tokens: int | None, temperature: float, top_p: float | None) -> int:
+    from tuneforge.core.engine.generative import generate_command as generate_with_run
+
+    return generate_with_run(run_dir, prompt, input_file, output_file, max_new_tokens, temperature, top_p, log)
+
+
+def doctor_command(recipe_path: str | None, overrides: list[str], output: str | None, steps: int,
+                   json_output: str | None) -> int:
+    from tuneforge.apps.doctor.checks import run_doctor
+
+    if steps < 1:
+        raise UserError(f"doctor: --steps must be at least 1, got {steps}")
+    report = run_doctor(recipe_path, overrides, output, steps=steps, log=print)
+    failures, warnings = report.failures, report.warnings
+    print(f"\n{'FAILED' if failures else 'passed'}: {len(failures)} failure(s), {len(warnings)} warning(s)")
+    if json_output:
+        from dataclasses import asdict
+
+        Path(json_output).write_text(json.dumps({"checks": [asdict(c) for c in report.checks],
+                                                 "measurements": report.measurements}, indent=2, default=str),
+                                     encoding="utf-8")
+        print(f"wrote {json_output}")
+    return 1 if failures else 0
+
+
+def runs_command(folder: str, sort: str, descending: bool, as_json: bool) -> int:
+    from tuneforge.apps.runs import format_table, read_runs, sort_runs
+
+    rows = sort_runs(read_runs(folder), sort, descending)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"{folder}: no run folders (none has a run.json)")
+    else:
+        print(format_table(rows))
+    return 0

@@ -1,0 +1,358 @@
+"""The training loop, readable top to bottom.
+
+Supports: any registered method (the loop never branches on its name), warmup + linear/cosine/constant
+schedules, discriminative and layer-wise learning rates, gradient accumulation
+(effective batch = batch_size x grad_accum_steps), gradient clipping, fp32/bf16/fp16 (GradScaler on
+CUDA), gradient checkpointing, class weights, early stopping on a validation metric (the best epoch's
+weights are the ones saved), a tqdm bar per epoch, ``metrics.jsonl`` every ``log_every_steps`` and
+every epoch (also to TensorBoard / MLflow with ``report_to``).
+
+Fault tolerance (:mod:`tuneforge.core.engine.checkpoint`): a checkpoint every ``checkpoint_every_steps`` optimizer
+steps and every epoch, from which ``resume_from`` continues exactly (same batches, RNG, optimizer,
+schedule, early stopping); a NaN/inf loss skips its step (``max_bad_steps``); Ctrl-C checkpoints and stops.
+Under ``accelerate launch`` (:mod:`tuneforge.core.engine.distributed`) each process trains on its share of every
+batch through DDP and rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from tuneforge.core.anatomy import describe, frozen_blocks_to_eval
+from tuneforge.base.recipe import Recipe
+from tuneforge.core.data.batching import EncodedSplit, iterate_batches
+from tuneforge.core.data.examples import ClassificationData
+from tuneforge.core.methods import Method, build_method
+from tuneforge.base.models import load_tokenizer, quiet_transformers, resolve_model
+from tuneforge.core.engine.activation_cache import CachedPrefix, build_cache
+from tuneforge.core.engine.checkpoint import (BadStepGuard, Checkpointer, LoopState, StopRequest, TrainingInterrupted,
+                                        check_free_disk, keep_best_epoch, restore, snapshot_trainable,
+                                        truncate_metrics)
+from tuneforge.core.engine.distributed import distributed
+from tuneforge.core.engine.tracking import MetricsLog
+from tuneforge.core.tasks import task_for
+from tuneforge.core.engine.distill import TEACHER_PIXELS, Distiller, shrink_student
+from tuneforge.core.engine.optim import build_optimizer, build_scheduler, take_optimizer_step
+from tuneforge.core.engine.runtime import Runtime, setup_runtime
+
+# Names under which transformers configs keep their dropout probabilities.
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
+                "attention_dropout", "seq_classif_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop",
+                "attn_pdrop", "summary_first_dropout")
+
+
+@dataclass
+class TrainResult:
+    """What a finished training hands back: the saved model, its tokenizer and the facts of the run."""
+
+    model: nn.Module
+    tokenizer: Any
+    runtime: Runtime
+    best_epoch: int
+    best_metrics: dict[str, Any]
+    trainable_params: int
+    total_params: int
+    stopped_early: bool
+
+
+def load_classifier(recipe: Recipe, label_names: list[str]):
+    """Tokenizer and a sequence-classification model with a fresh head for ``label_names``."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    source = resolve_model(recipe.model)
+    config = AutoConfig.from_pretrained(
+        source, num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)})
+    if recipe.train.dropout is not None:
+        for key in DROPOUT_KEYS:
+            if isinstance(getattr(config, key, None), float) or (key == "classifier_dropout" and hasattr(config, key)):
+                setattr(config, key, recipe.train.dropout)
+    tokenizer = load_tokenizer(source)
+    config.pad_token_id = tokenizer.pad_token_id
+    with quiet_transformers():  # "newly initialized classifier" is expected: we train that head
+        model = AutoModelForSequenceClassification.from_pretrained(source, config=config)
+    return tokenizer, model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def class_weight_tensor(recipe: Recipe, data: ClassificationData) -> torch.Tensor | None:
+    """Per-class loss weights: none, balanced (n / (k * count)), or given by label name (default 1)."""
+    setting = recipe.train.class_weights
+    if setting == "none":
+        return None
+    if setting == "balanced":
+        counts = np.bincount(data.train.labels, minlength=len(data.label_names)).astype(np.float64)
+        return torch.tensor(len(data.train) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+    return torch.tensor([float(setting.get(name, 1.0)) for name in data.label_names], dtype=torch.float32)
+
+
+def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
+          on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None, resume_from: Path | None = None,
+          stop: StopRequest | None = None) -> TrainResult:
+    """Fine-tune the recipe's model on ``data`` and save it into ``run_dir``.
+
+    ``resume_from``: a checkpoint folder (:mod:`tuneforge.core.engine.checkpoint`) to continue from exactly.
+    ``stop``: an installed Ctrl-C handler; when it fires the loop checkpoints and raises TrainingInterrupted.
+
+    ``on_epoch_end(epoch, validation_metrics)`` (1-based epoch) runs after each validation; an exception it
+    raises ends training there (``tuneforge search`` prunes trials this way)."""
+    config = recipe.train
+    runtime = setup_runtime(config)
+    dist = distributed()  # under `accelerate launch`: this process's rank; else a single process
+    device = dist.device(runtime.device)
+
+    # --- model, method, data -------------------------------------------------------------------------
+    task = task_for(recipe.task)  # [task] what differs between classification, multilabel and images
+    tokenizer, model = task.load_model(recipe, data.label_names)  # [task] model + tokenizer / image processor
+    if recipe.distill is not None:  # distill.student_layers: a shallower copy of the model is the student
+        model = shrink_student(model, recipe.distill.student_layers)
+    method: Method = build_method(recipe.method)
+    model = method.prepare(model)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(device)
+    trainable, total = count_parameters(model)
+    log(f"model {recipe.model}: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%) "
+        f"with method '{recipe.method.name}'; device {device.type}, {runtime.precision_name}, {runtime.threads} threads")
+    if dist.is_main and config.keep_checkpoints:
+        check_free_disk(run_dir, trainable, total, config.keep_checkpoints)
+
+    train_set = task.encode(tokenizer, data.train, recipe, training=True)  # [task] tokens, or images (augmented)
+    validation_set = task.encode(tokenizer, data.validation, recipe, training=False)
+    pad_id = tokenizer.pad_token_id
+    eval_batch_size = config.eval_batch_size or 2 * config.batch_size
+
+    # --- frozen-prefix activation cache: the frozen bottom of the model runs once, not every epoch ------
+    cache_context = ExitStack()
+    prefix, train_cache, validation_cache = None, None, None
+    depth = method.frozen_prefix_depth(describe(model).num_layers, config.epochs) if (
+        config.activation_cache and task.supports_activation_cache) else 0
+    if depth:
+        started = time.perf_counter()
+        frozen_blocks_to_eval(model)
+        cache_dir = run_dir / "cache" / (f"rank-{dist.rank}" if dist.enabled else "")
+        train_cache = build_cache(model, depth, train_set, eval_batch_size, pad_id, device, cache_dir, "train")
+        validation_cache = build_cache(model, depth, validation_set, eval_batch_size, pad_id, device,
+                                       cache_dir, "validation")
+        prefix = CachedPrefix(model, depth)
+        cache_context.enter_context(prefix.active(train_cache.returns_tuple))
+        log(f"activation cache: embeddings + bottom {depth} layer(s) computed once for "
+            f"{len(train_set) + len(validation_set)} examples "
+            f"({(train_cache.nbytes + validation_cache.nbytes) / 2**20:.0f} MiB, "
+            f"{time.perf_counter() - started:.1f}s); training runs only the layers above")
+
+    # --- optimisation --------------------------------------------------------------------------------
+    optimizer = build_optimizer(model, method.optimizer_parameters(model), config)
+    global_batch_size = config.batch_size * dist.world_size  # each process trains on its share of a batch
+    steps_per_epoch = math.ceil(task.batches_per_epoch(recipe, train_set, global_batch_size) / config.grad_accum_steps)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch * config.epochs)
+    loss_fn, eval_loss_fn = task.loss_functions(recipe, data, device)  # [task] cross-entropy, or BCE (multilabel)
+    # distill: the teacher's logits for the train split, computed once (or read from the cache), not every epoch;
+    # augmented images: the teacher runs on each augmented batch instead (its view rides in the batch)
+    distiller = (Distiller.for_run(recipe, data, run_dir, device, log, train_set=train_set)
+                 if recipe.distill is not None else None)
+    scaler = torch.amp.GradScaler(device.type) if runtime.use_grad_scaler else None
+    batch_order = random.Random(config.seed)
+
+    stopping = config.early_stopping
+    best_score, best_epoch, best_metrics, best_state = None, -1, {}, None
+    epochs_without_improvement, stopped_early = 0, False
+    metrics_path = run_dir / "metrics.jsonl"
+    optimizer_step = 0
+    # train.time_budget_minutes: checked after each optimizer step; the cut epoch is still validated.
+    deadline = time.perf_counter() + 60 * config.time_budget_minutes if config.time_budget_minutes else None
+    out_of_time = False
+
+    # --- fault tolerance and tracking: checkpoints, resume, non-finite losses, Ctrl-C, TensorBoard/MLflow -----
+    train_model = dist.wrap(model)  # DistributedDataParallel under `accelerate launch`, else the model itself
+    metrics_log = MetricsLog(run_dir, config.report_to, params=config.model_dump(mode="json"), enabled=dist.is_main)
+    checkpoints = Checkpointer(run_dir, config.keep_checkpoints, enabled=dist.is_main)
+    bad_steps = BadStepGuard(config.max_bad_steps, log)
+    stop = stop or StopRequest(log)
+    position = LoopState()  # where the loop starts: the beginning, or a checkpoint's position
+    if resume_from is not None:
+        restored = restore(resume_from, dict(method.optimizer_parameters(model)), optimizer, scheduler, scaler)
+        position, best_state = restored.loop, restored.best_state
+        best_score, best_epoch, best_metrics = position.best_score, position.best_epoch, position.best_metrics
+        epochs_without_improvement, optimizer_step = position.epochs_without_improvement, position.optimizer_step
+        bad_steps.count = position.bad_steps
+        if dist.is_main:
+            truncate_metrics(metrics_path, position.metrics_bytes)
+        log(f"resumed from {resume_from.name}: epoch {position.epoch + 1}, {position.batches_done} batch(es) done, "
+            f"optimizer step {optimizer_step}")
+
+    def save_checkpoint(next_epoch: int, batches_done: int, epoch_order_state: Any) -> Path | None:
+        """Checkpoint the position "``batches_done`` batches into ``next_epoch``" (rank 0 only)."""
+        state = LoopState(next_epoch, batches_done, optimizer_step, epoch_order_state, best_score, best_epoch,
+                          best_metrics, epochs_without_improvement, bad_steps.count, running_loss, running_count,
+                          metrics_path.stat().st_size if metrics_path.exists() else 0)
+        return checkpoints.save(state, dict(method.optimizer_parameters(model)), optimizer, scheduler, scaler,
+                                best_state)
+
+    for epoch in range(position.epoch, config.epochs):
+        model.train()
+        message = method.on_epoch_start(model, epoch)
+        if message:
+            log(message)
+        frozen_blocks_to_eval(model)
+        dist.check_trainable_unchanged(model)
+        resuming_this_epoch = epoch == position.epoch and position.epoch_batch_order_state is not None
+        if resuming_this_epoch:  # draw the same batches as the interrupted run did, then skip those done
+            batch_order.setstate(position.epoch_batch_order_state)
+        epoch_order_state = batch_order.getstate()
+        # [task] length-grouped (or shuffled) batches; multitask: each from one task, mixed by multitask.sampling
+        batches = task.training_batches(recipe, train_set, global_batch_size, batch_order)
+        batches, loss_weights = dist.shard(batches)  # this process's share of each batch (all of it, alone)
+        first_batch = position.batches_done if resuming_this_epoch else 0
+        progress = tqdm(batches[first_batch:], desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+                        initial=first_batch, total=len(batches),
+                        dynamic_ncols=True, disable=None)  # None: a bar on a terminal, none in a log file
+        epoch_start, seen, running_loss, running_count = time.perf_counter(), 0, 0.0, 0
+        if first_batch:
+            running_loss, running_count = position.running_loss, position.running_count
+        window_finite = True  # False once a batch of this accumulation window had a NaN/inf loss
+        for batch_index, (indices, batch) in enumerate(
+                zip(progress, iterate_batches(train_set, batches[first_batch:], pad_id)), start=first_batch):
+            labels = batch.pop("labels").to(device)
+            teacher_inputs = batch.pop(TEACHER_PIXELS, None)  # distill on augmented images: the teacher's view
+            inputs = {key: value.to(device) for key, value in batch.items()}
+            if prefix:
+                prefix.select(train_cache, indices)
+            with torch.autocast(device.type, dtype=runtime.autocast_dtype, enabled=runtime.autocast_dtype is not None):
+                logits = train_model(**inputs).logits
+            loss = loss_fn(logits.float(), labels)
+            if distiller is not None:  # (1 - alpha) * CE + alpha * T^2 * KL(teacher || student)
+                loss = distiller.loss(logits.float(), loss, indices,
+                                      teacher_inputs.to(device) if teacher_inputs is not None else None)
+            finite = dist.all_true(bool(torch.isfinite(loss)))  # all processes skip together (DDP syncs backward)
+            if finite:
+                scaled = loss * (loss_weights[batch_index] if loss_weights else 1.0) / config.grad_accum_steps
+                (scaler.scale(scaled) if scaler else scaled).backward()
+            else:
+                bad_steps.record(loss, optimizer_step, checkpoints.last_saved, run_dir)  # raises past max_bad_steps
+                window_finite = False
+
+            is_last = batch_index == len(batches) - 1
+            at_step_end = (batch_index + 1) % config.grad_accum_steps == 0 or is_last
+            took_step = at_step_end and window_finite
+            if at_step_end and not window_finite:  # skip the step: drop the window's gradients
+                optimizer.zero_grad(set_to_none=True)
+                window_finite = True
+            elif took_step:
+                take_optimizer_step(optimizer, scheduler, method, model, config.max_grad_norm, optimizer_step + 1,
+                                    steps_per_epoch * config.epochs, scaler)
+                optimizer_step += 1
+                if deadline is not None and time.perf_counter() > deadline:
+                    out_of_time = True
+
+            seen += len(indices)
+            if finite:
+                running_loss += loss.item() * len(indices)
+                running_count += len(indices)
+            samples_per_s = seen / max(time.perf_counter() - epoch_start, 1e-9)
+            lr = scheduler.get_last_lr()[0]
+            progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_s:.1f}")
+            if optimizer_step and optimizer_step % config.log_every_steps == 0 and (
+                    (batch_index + 1) % config.grad_accum_steps == 0 or is_last):
+                metrics_log.write({"step": optimizer_step, "epoch": epoch + (batch_index + 1) / len(batches),
+                                   "loss": running_loss / running_count if running_count else float("nan"), "lr": lr,
+                                   "samples_per_s": samples_per_s})
+                running_loss, running_count = 0.0, 0
+            stop_now = at_step_end and dist.any_true(stop.requested)  # Ctrl-C: checkpoint, then stop
+            every = config.checkpoint_every_steps
+            if took_step and (stop_now or (every and optimizer_step % every == 0)):
+                save_checkpoint(epoch, batch_index + 1, epoch_order_state)
+            if stop_now:
+                raise TrainingInterrupted(checkpoints.last_saved)
+            if out_of_time:
+                break
+        progress.close()
+        train_seconds = time.perf_counter() - epoch_start
+
+        # --- validation, early stopping ---------------------------------------------------------------
+        metrics = task.validation_metrics(  # [task] softmax metrics, or sigmoid ones (multilabel)
+            model, validation_set, data.label_names, eval_batch_size, pad_id, device, eval_loss_fn,
+            runtime.autocast_dtype,
+            before_batch=(lambda batch_indices: prefix.select(validation_cache, batch_indices)) if prefix else None)
+        validation_loss = metrics["loss"]
+        record = {"step": optimizer_step, "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0],
+                  "samples_per_s": seen / train_seconds, "train_seconds": train_seconds,
+                  **{f"validation_{k}": v for k, v in metrics.items()}}
+        if out_of_time:
+            record["time_budget_reached"] = True
+        metrics_log.write(record)
+        log(f"epoch {epoch + 1}/{config.epochs}: validation loss {validation_loss:.4f}, accuracy "
+            f"{metrics['accuracy']:.4f}, f1_macro {metrics['f1_macro']:.4f} "
+            f"({train_seconds:.0f}s, {record['samples_per_s']:.1f} samples/s)")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, metrics)
+
+        score = metrics[stopping.metric] if stopping else -validation_loss
+        higher_is_better = stopping.higher_is_better if stopping else True
+        improved = best_score is None or (score > best_score if higher_is_better else score < best_score)
+        if improved or stopping is None:
+            best_score, best_epoch, best_metrics = score, epoch + 1, metrics
+            best_state = snapshot_trainable(method, model)
+            epochs_without_improvement = 0
+        else:
+            epochs_without_improvement += 1
+            if epochs_without_improvement >= stopping.patience:
+                log(f"early stopping: {stopping.metric} has not improved for {stopping.patience} epoch(s); "
+                    f"keeping epoch {best_epoch}")
+                stopped_early = True
+                break
+        if out_of_time:
+            log(f"time budget of {config.time_budget_minutes:g} min reached after {optimizer_step} optimizer steps "
+                f"(epoch {epoch + 1}); keeping epoch {best_epoch}")
+            break
+        save_checkpoint(epoch + 1, 0, batch_order.getstate())  # the next epoch starts here
+        if dist.any_true(stop.requested):
+            raise TrainingInterrupted(checkpoints.last_saved)
+
+    # --- keep the best epoch and save it -------------------------------------------------------------
+    metrics_log.close()
+    cache_context.close()  # the model computes its full forward again from here on
+    keep_best_epoch(model, best_state, config.gradient_checkpointing)
+    dist.wait()
+    if not dist.is_main:  # rank 0 saves; the other processes' weights are the same
+        return TrainResult(model=model, tokenizer=tokenizer, runtime=runtime, best_epoch=best_epoch,
+                           best_metrics=best_metrics, trainable_params=trainable, total_params=total,
+                           stopped_early=stopped_early)
+    saved = save_model(method, model, tokenizer, run_dir, validation_set, pad_id, device,
+                       max_metric_drop=recipe.export.max_metric_drop)
+    checkpoints.remove_all(log)
+    return TrainResult(model=saved, tokenizer=tokenizer, runtime=runtime, best_epoch=best_epoch,
+                       best_metrics=best_metrics, trainable_params=trainable, total_params=total,
+                       stopped_early=stopped_early)
+
+
+def save_model(method: Method, model: nn.Module, tokenizer, run_dir: Path, probe_set: EncodedSplit,
+               pad_id: int, device: torch.device, max_metric_drop: float = 0.01) -> nn.Module:
+    """Save through the method and pass the integrity gate (:func:`tuneforge.base.integrity.save_and_gate`, shared
+    with the generative loop): the saved-for-deployment module, and the run read back from disk, must answer
+    a probe batch of up to 32 validation rows as the trained model did."""
+    from tuneforge.base.integrity import save_and_gate
+
+    probe = next(iterate_batches(probe_set, [list(range(min(len(probe_set), 32)))], pad_id))
+    probe_labels = probe.pop("labels").numpy()
+    batch = {key: value.to(device) for key, value in probe.items()}
+    return save_and_gate(method, model, tokenizer, run_dir, batch, probe_labels,
+                         max_metric_drop=max_metric_drop).saved

@@ -1,0 +1,60 @@
+"""Full validation of a recipe before anything slow: recipe keys, data files, columns, labels, splits,
+model resolution (config only, no weights) and method/model fit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneforge.base.recipe import Recipe, load_recipe
+from tuneforge.core.data.examples import ClassificationData
+from tuneforge.base.errors import UserError
+from tuneforge.base.models import load_model_config
+from tuneforge.core.tasks import task_for
+from tuneforge.core.engine.runtime import resolve_precision
+
+
+@dataclass
+class ValidatedJob:
+    """A recipe whose data and model have been checked, ready to train."""
+
+    recipe: Recipe
+    data: ClassificationData
+    model_config: Any
+
+
+def validate_job(recipe_path: str | Path, overrides: list[str] | None = None) -> ValidatedJob:
+    """Run every check that needs no model weights; raise UserError on the first failing stage."""
+    recipe = load_recipe(recipe_path, overrides)
+    import torch
+
+    from tuneforge.base.recipe import GENERATIVE_TASKS
+
+    if recipe.task in GENERATIVE_TASKS:  # `train` and `validate` hand these to tuneforge.core.engine.generative
+        raise UserError(f"task {recipe.task}: this command is not supported yet for generative tasks; "
+                        "`tuneforge validate`, `train` and `generate` are (docs/generative.md)")
+    resolve_precision(recipe.train.precision, torch.cuda.is_available())
+    task = task_for(recipe.task)
+    data = task.load_data(recipe)  # [task] texts, multi-label rows or images, all checked
+    model_config = load_model_config(recipe.model)
+    task.check_model_config(recipe, model_config)
+    if recipe.distill is not None:  # the teacher's labels and the student's layers, without loading weights
+        from tuneforge.core.engine.distill import check_teacher
+
+        check_teacher(recipe, data, model_config)
+    layers = getattr(model_config, "num_hidden_layers", None)
+    top = getattr(recipe.method, "unfreeze_top_layers", None)
+    if layers is not None and top is not None and top > layers:
+        raise UserError(f"method.unfreeze_top_layers={top} but {recipe.model} has {layers} layers; "
+                        f"use a value from 0 to {layers}")
+    settings = recipe.train.class_weights
+    if isinstance(settings, dict):
+        unknown = sorted(set(settings) - set(data.label_names))
+        if unknown:
+            raise UserError(f"train.class_weights names label(s) {', '.join(map(repr, unknown))} that the train set "
+                            f"does not have; labels are: {', '.join(data.label_names[:20])}")
+    stopping = recipe.train.early_stopping
+    if stopping and stopping.metric == "roc_auc" and len(data.validation) < 2:
+        raise UserError("train.early_stopping.metric roc_auc needs a validation set with both classes")
+    return ValidatedJob(recipe=recipe, data=data, model_config=model_config)

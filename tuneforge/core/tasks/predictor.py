@@ -1,0 +1,69 @@
+"""Inference from a finished run folder: the Predictor behind ``tuneforge predict`` and ``tuneforge eval``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from tuneforge.base.recipe import Recipe, validate_recipe
+from tuneforge.core.data.batching import EncodedSplit
+from tuneforge.base.errors import UserError
+from tuneforge.core.evaluate.inference import predict_probabilities
+
+
+def load_run_recipe(run_dir: Path) -> Recipe:
+    """The resolved recipe a run was trained with."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a tuneforge run folder (no config.yaml); pass the folder `tuneforge train` wrote")
+    return validate_recipe(yaml.safe_load(path.read_text(encoding="utf-8")), source=path)
+
+
+class Predictor:
+    """Loads a run's trained model and predicts label probabilities.
+
+    ``run_dir/model`` is a plain transformers model for mergeable methods; for the others the run's method
+    rebuilds base + adapter (:meth:`tuneforge.core.methods.Method.load`, chosen from the run's config.yaml).
+    """
+
+    def __init__(self, run_dir: str | Path, batch_size: int = 64) -> None:
+        import torch
+        from transformers import AutoTokenizer
+
+        from tuneforge.core.methods import method_spec
+
+        self.run_dir = Path(run_dir)
+        if not self.run_dir.is_dir():
+            raise UserError(f"{self.run_dir}: run folder not found")
+        self.recipe = load_run_recipe(self.run_dir)
+        model_dir = self.run_dir / "model"
+        if not model_dir.is_dir():
+            raise UserError(f"{self.run_dir}: has no trained model (model/ is missing; did the run finish? "
+                            "see run.json)")
+        from tuneforge.core.engine.checkpoint import refuse_pickle_weights
+
+        for folder in (model_dir, self.run_dir / "adapter"):  # pickled weights can run code when loaded
+            refuse_pickle_weights(folder, allow_pickle=os.environ.get("TUNEFORGE_ALLOW_PICKLE") == "1")
+        self.label_names: list[str] = json.loads((self.run_dir / "labels.json").read_text(encoding="utf-8"))
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = method_spec(self.recipe.method.name).load(self.run_dir, self.recipe.method).eval()
+        self.device = torch.device("cpu")
+        self.batch_size = batch_size
+
+    @property
+    def is_pair_task(self) -> bool:
+        return self.recipe.data.text_pair_column is not None
+
+    def probabilities(self, texts: list[str], text_pairs: list[str] | None = None) -> np.ndarray:
+        """Softmax probabilities, one row per text, columns in ``label_names`` order."""
+        encoded = self.tokenizer(texts, text_pairs, truncation=True, max_length=self.recipe.data.max_length,
+                                 padding=False, return_attention_mask=False)
+        split = EncodedSplit(input_ids=encoded["input_ids"], token_type_ids=encoded.get("token_type_ids"),
+                             labels=[0] * len(texts))
+        probabilities, _ = predict_probabilities(self.model, split, self.batch_size, self.tokenizer.pad_token_id,
+                                                 self.device)
+        return probabilities

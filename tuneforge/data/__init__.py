@@ -1,5 +1,0 @@
-"""Data: reading tables, checking them, splitting, encoding and batching.
-
-Meets the rest of tuneforge through :class:`~tuneforge.data.examples.ClassificationData`
-(label names and split texts) and the loaders in :mod:`tuneforge.data.batching`.
-"""
