@@ -26,7 +26,7 @@ def main() -> None:
 
     import torch
 
-    from tuneforge.core.data.io import read_table
+    from tuneforge.base.tables import read_table
     from tuneforge.core.tasks.predictor import Predictor
 
     torch.set_num_threads(args.threads)

@@ -30,14 +30,14 @@ def main() -> int:
 
     import torch
 
-    from tuneforge.cli import quiet_libraries
+    from tuneforge.base.quiet import quiet_libraries
     from tuneforge.apps.export.latency import BenchSettings, benchmark, labelled_accuracy, size_bytes
     from tuneforge.apps.export.onnx import export_onnx
     from tuneforge.apps.export.parity import check_parity
     from tuneforge.apps.export.pipeline import cpu_name, example_batch, load_parity_rows, load_test_split
     from tuneforge.apps.export.quantize import quantize_onnx, quantize_torch
     from tuneforge.apps.export.runtime import OnnxBackend, TextClassifier, TorchBackend, cpu_threads, load_classifier
-    from tuneforge.core.tasks.predictor import load_run_recipe
+    from tuneforge.core.recipe import load_run_recipe
 
     quiet_libraries()
     if args.threads:

@@ -31,8 +31,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from tuneforge.base.recipe import validate_recipe
-    from tuneforge.core.data.io import read_table, write_table
+    from tuneforge.core.recipe import validate_recipe
+    from tuneforge.base.tables import read_table, write_table
     from tuneforge.apps.datatools.noise import find_noise
 
     frame = read_table(args.file)

@@ -48,7 +48,8 @@ def main() -> None:
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    from tuneforge.base.models import quiet_transformers, resolve_model
+    from tuneforge.base.models import resolve_model
+    from tuneforge.base.quiet import quiet_transformers
     from tuneforge.core.engine.optim import adamw_kernel
     from tuneforge.core.engine.runtime import physical_cores
 

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, synthetic_rows
-from tuneforge.base.recipe import AugmentConfig, load_recipe
+from tuneforge.base.recipe import AugmentConfig
+from tuneforge.core.recipe import load_recipe
 from tuneforge.core.data.augment import (EmbeddingSynonyms, WordNetSynonyms, augment_split, balance_split, eda_text,
                                     eda_texts)
-from tuneforge.core.data.examples import Split, load_classification_data
+from tuneforge.core.data.examples import load_classification_data
+from tuneforge.core.data.splits import Split
 from tuneforge.base.errors import UserError
 
 SYNONYMS = {"great": ["superb", "fine"], "film": ["movie"], "story": ["tale", "plot"]}

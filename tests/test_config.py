@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.base.recipe import load_recipe
+from tuneforge.core.recipe import load_recipe
 from tuneforge.base.errors import UserError
 
 MINIMAL = """name: t

@@ -100,7 +100,7 @@ def test_teacher_view_of_an_augmented_batch_uses_the_same_crops_flips_and_mixing
     from tuneforge.base.recipe import ImageConfig, MixConfig
     from tuneforge.core.data.images import ImageSplit
     from tuneforge.core.tasks.image import EncodedImages, ImagePreprocessor
-    from tuneforge.core.engine.distill import TEACHER_PIXELS
+    from tuneforge.core.tasks.image import TEACHER_PIXELS
 
     paths = sorted(digits["test"].rglob("*.png"))[:32]
     split = ImageSplit(name="train", source=digits["test"], paths=paths, labels=[int(p.parent.name) for p in paths],

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from conftest import run_cli, synthetic_rows, write_jsonl
-from tuneforge.base.recipe import load_recipe
+from tuneforge.core.recipe import load_recipe
 from tuneforge.apps.datatools.noise import find_noise
 
 

@@ -87,7 +87,7 @@ def test_search_prunes_writes_best_recipe_and_continues(tmp_path, tiny_model):
     assert (Path(best["run_dir"]) / "model").is_dir()
 
     # best.yaml is a ready-to-run recipe carrying the best trial's values
-    from tuneforge.base.recipe import load_recipe
+    from tuneforge.core.recipe import load_recipe
 
     best_recipe = load_recipe(out / "best.yaml")
     assert best_recipe.train.learning_rate == pytest.approx(best["train.learning_rate"])

@@ -73,7 +73,7 @@ def test_tokenization_is_cached_and_exact(tmp_path, tiny_model, monkeypatch):
 
     from tuneforge.core.data import encode_cache
     from tuneforge.core.data.batching import encode_split
-    from tuneforge.core.data.examples import Split
+    from tuneforge.core.data.splits import Split
 
     from conftest import synthetic_rows
 

@@ -81,7 +81,7 @@ def method_overrides(recipe, method: str, learning_rates: str) -> tuple[list[str
 def compare(recipe_path: str, methods: list[str], overrides: list[str], output: str | None,
             budget_minutes: float | None, learning_rates: str = "auto", log=print) -> tuple[Path, list[MethodResult]]:
     """Train every method (one child process each) and write the comparison; returns its folder and rows."""
-    from tuneforge.base.recipe import load_recipe
+    from tuneforge.core.recipe import load_recipe
     from tuneforge.base.runfolder import new_run_dir
     from tuneforge.core.engine.validate import validate_job
 

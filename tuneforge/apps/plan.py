@@ -406,7 +406,7 @@ def _reset_hwm() -> None:
 
 def probe_main() -> None:
     """The child of :func:`estimate_method`: load, prepare, count, time a few steps; print one JSON line."""
-    from tuneforge.cli import quiet_libraries
+    from tuneforge.base.quiet import quiet_libraries
 
     quiet_libraries()
     request = json.loads(sys.stdin.read())
@@ -417,9 +417,9 @@ def probe_main() -> None:
 
 
 def probe(raw: dict, batches_file: Path) -> dict:
-    from tuneforge.base.recipe import validate_recipe
+    from tuneforge.core.recipe import validate_recipe
     from tuneforge.core.methods import build_method
-    from tuneforge.core.engine.loop import load_classifier
+    from tuneforge.core.tasks.classification import load_classifier
     from tuneforge.core.engine.optim import build_optimizer
 
     recipe = validate_recipe(raw, source="plan")

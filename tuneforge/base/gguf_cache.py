@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 from tuneforge.base.errors import UserError
+from tuneforge.base.paths import cache_root
+from tuneforge.base.quiet import quiet_transformers
 
 READY_MARKER = "converted.json"
 
@@ -33,8 +35,6 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
 
 
 def gguf_cache_root() -> Path:
-    from tuneforge.core.data.encode_cache import cache_root
-
     return cache_root() / "gguf"
 
 
@@ -80,8 +80,6 @@ def converted_folder(gguf_path: Path, log=None) -> Path:
 def _load_gguf(gguf_path: Path):
     """The de-quantized fp32 model and its tokenizer, ready for ``save_pretrained``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tuneforge.base.models import quiet_transformers
 
     try:
         with quiet_transformers():

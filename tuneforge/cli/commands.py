@@ -22,7 +22,8 @@ def log(message: str) -> None:
 
 def is_generative_recipe(recipe_path: str, overrides: list[str]) -> bool:
     """Whether the recipe's task is sft, causal-lm or masked-lm (tuneforge.core.engine.generative runs those)."""
-    from tuneforge.base.recipe import GENERATIVE_TASKS, load_recipe
+    from tuneforge.base.recipe import GENERATIVE_TASKS
+    from tuneforge.core.recipe import load_recipe
 
     return load_recipe(recipe_path, overrides).task in GENERATIVE_TASKS
 
@@ -98,7 +99,7 @@ def train_command(recipe_path: str | None, overrides: list[str], output: str | N
                                                             "test": len(data.test) if data.test else 0},
                        processes=dist.world_size, **resume_facts(run_dir, checkpoint, skipped))
     status.update(data=data_summary(data, recipe.task))
-    from tuneforge.apps.manifest import start_manifest
+    from tuneforge.base.manifest import start_manifest
 
     start_manifest(run_dir, recipe, recipe_path, overrides, resume=status.data if checkpoint is not None else None)
     try:
@@ -159,18 +160,12 @@ def write_report_quietly(run_dir: Path) -> None:
             f"run `tuneforge report {run_dir}` to retry")
 
 
-def print_summary(run_dir: Path, summary: dict, minutes: float) -> None:
-    keys = ("accuracy", "f1_micro", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "roc_auc")
-    print(f"\nrun {run_dir} finished in {minutes:.1f} min")
-    for split, metrics in summary.items():
-        values = ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if metrics.get(k) is not None)
-        print(f"  {split:<10} {values} (n={metrics.get('n_examples', '?')})")
-
-
 def eval_command(run_dir: str, data_file: str) -> int:
-    from tuneforge.core.data.examples import _read_split, _to_split
+    from tuneforge.core.data.splits import to_split
+    from tuneforge.core.data.splits import read_split
     from tuneforge.core.evaluate import write_evaluation
-    from tuneforge.core.tasks.predictor import Predictor, load_run_recipe
+    from tuneforge.core.tasks.predictor import Predictor
+    from tuneforge.core.recipe import load_run_recipe
     from tuneforge.core.tasks import task_for
 
     task = load_run_recipe(Path(run_dir)).task if Path(run_dir).is_dir() else "classification"
@@ -178,8 +173,8 @@ def eval_command(run_dir: str, data_file: str) -> int:
         return task_for(task).eval_command(run_dir, data_file)
     predictor = Predictor(run_dir)
     path = Path(data_file)
-    frame, notes = _read_split(path, predictor.recipe.data, "eval")
-    split = _to_split(frame, path, predictor.recipe.data, path.stem, {n: i for i, n in enumerate(predictor.label_names)})
+    frame, notes = read_split(path, predictor.recipe.data, "eval")
+    split = to_split(frame, path, predictor.recipe.data, path.stem, {n: i for i, n in enumerate(predictor.label_names)})
     folder = Path(run_dir) / "eval" / path.stem
     if folder.exists() and any(folder.iterdir()):
         raise UserError(f"{folder}: an evaluation of a file named '{path.stem}' already exists; it is never "
@@ -196,8 +191,9 @@ def eval_command(run_dir: str, data_file: str) -> int:
 
 def predict_command(run_dir: str, text: str | None, text_pair: str | None, input_file: str | None,
                     output_file: str | None, top: int) -> int:
-    from tuneforge.core.data.io import SOURCE_ROW, read_table, write_table
-    from tuneforge.core.tasks.predictor import Predictor, load_run_recipe
+    from tuneforge.base.tables import SOURCE_ROW, read_table, write_table
+    from tuneforge.core.tasks.predictor import Predictor
+    from tuneforge.core.recipe import load_run_recipe
     from tuneforge.core.tasks import task_for
 
     if (text is None) == (input_file is None):
@@ -270,7 +266,7 @@ def data_inspect_command(file: str, text_column: str | None, text_pair_column: s
     defaults = {"text_column": "text", "text_pair_column": None, "label_column": "label", "model": "minilm",
                 "max_length": 128}
     if recipe_path is not None:
-        from tuneforge.base.recipe import load_recipe
+        from tuneforge.core.recipe import load_recipe
 
         recipe = load_recipe(recipe_path)
         defaults = {"text_column": recipe.data.text_column, "text_pair_column": recipe.data.text_pair_column,
@@ -306,8 +302,8 @@ def data_clean_command(file: str, output: str, text_column: str, text_pair_colum
 
 
 def data_noise_command(recipe_path: str, overrides: list[str], folds: int, output: str | None, top: int) -> int:
-    from tuneforge.base.recipe import load_recipe
-    from tuneforge.core.data.io import write_table
+    from tuneforge.core.recipe import load_recipe
+    from tuneforge.base.tables import write_table
     from tuneforge.apps.datatools.noise import find_noise
 
     recipe = load_recipe(recipe_path, overrides)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from tuneforge.apps.datatools.inspect import _label_strings, read_labelled, row_keys
-from tuneforge.core.data.io import SOURCE_ROW, write_table
+from tuneforge.base.tables import SOURCE_ROW, write_table
 from tuneforge.base.errors import UserError
 
 

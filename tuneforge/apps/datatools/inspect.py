@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tuneforge.core.data.io import SOURCE_ROW, read_table
+from tuneforge.base.tables import SOURCE_ROW, read_table
 from tuneforge.base.errors import UserError
 
 EXAMPLES = 10  # example groups kept per finding in the report
@@ -172,7 +172,7 @@ def inspect_frame(frame: pd.DataFrame, text_column: str, label_column: str, text
 
 def token_lengths(tokenizer, texts: list[str], pairs: list[str] | None = None, chunk: int = 4096) -> np.ndarray:
     """Tokens per example, special tokens included and nothing truncated."""
-    from tuneforge.base.models import quiet_transformers
+    from tuneforge.base.quiet import quiet_transformers
 
     out: list[int] = []
     with quiet_transformers():  # "sequence longer than the model maximum" is what we measure

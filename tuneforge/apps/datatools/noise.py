@@ -47,14 +47,17 @@ class LabelledRows:
 
 def read_recipe_rows(recipe) -> LabelledRows:
     """Every row of the recipe's ``data.train`` file (before any split), checked as training checks it."""
-    from tuneforge.core.data.examples import _label_name, _read_split, _sorted_labels, _to_split
+    from tuneforge.core.data.splits import sorted_labels
+    from tuneforge.core.data.splits import to_split
+    from tuneforge.core.data.splits import read_split
+    from tuneforge.core.data.splits import label_name
 
     config = recipe.data
-    frame, _ = _read_split(config.train, config, "train")
-    names = _sorted_labels(sorted({_label_name(v) for v in frame[config.label_column].tolist()}))
+    frame, _ = read_split(config.train, config, "train")
+    names = sorted_labels(sorted({label_name(v) for v in frame[config.label_column].tolist()}))
     if len(names) < 2:
         raise UserError(f"{config.train}: only one label; the noise finder needs at least two")
-    split = _to_split(frame, config.train, config, "train", {n: i for i, n in enumerate(names)})
+    split = to_split(frame, config.train, config, "train", {n: i for i, n in enumerate(names)})
     return LabelledRows(split.texts, split.text_pairs, np.asarray(split.labels), split.source_rows, names)
 
 
@@ -66,7 +69,8 @@ def pooled_features(model: str, texts: list[str], pairs: list[str] | None, max_l
     import torch
     from transformers import AutoModel
 
-    from tuneforge.base.models import load_tokenizer, quiet_transformers, resolve_model
+    from tuneforge.base.models import load_tokenizer, resolve_model
+    from tuneforge.base.quiet import quiet_transformers
 
     source = resolve_model(model)
     tokenizer = load_tokenizer(source)

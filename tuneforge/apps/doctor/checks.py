@@ -29,9 +29,8 @@ from typing import Callable
 import torch
 
 from tuneforge import __version__
+from tuneforge.base.machine import cpu_model, git_commit, library_versions
 
-LIBRARIES = ("torch", "transformers", "peft", "accelerate", "pydantic", "numpy", "scikit-learn", "safetensors",
-             "onnx", "onnxruntime", "optuna", "datasets")
 CPU_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX-BF16",
              "amx_tile": "AMX tiles"}
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -83,29 +82,6 @@ class Report:
 # ----------------------------------------------------------------------------- the machine
 
 
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "tuneforge": __version__}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def git_commit(folder: Path | None = None) -> str | None:
-    """The commit of the tuneforge checkout (editable installs), or None."""
-    folder = folder or Path(__file__).resolve().parents[1]
-    if not (folder / ".git").exists():
-        return None
-    try:
-        result = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
-
-
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     """The feature flags of the first CPU in /proc/cpuinfo (empty where there is none, e.g. macOS)."""
     if cpuinfo is None:
@@ -117,16 +93,6 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
         if line.startswith(("flags", "Features")):
             return set(line.split(":", 1)[1].split())
     return set()
-
-
-def cpu_model(cpuinfo: str | None = None) -> str:
-    try:
-        for line in (cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()).splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def has_native_bf16(flags: set[str]) -> bool:
@@ -247,7 +213,7 @@ def preflight(report: Report, recipe, data, log, steps: int = PREFLIGHT_STEPS, r
 
     from tuneforge.core.data.batching import encode_split, iterate_batches
     from tuneforge.core.methods import build_method
-    from tuneforge.core.engine.loop import load_classifier
+    from tuneforge.core.tasks.classification import load_classifier
     from tuneforge.core.engine.optim import build_optimizer
 
     started = time.perf_counter()
@@ -479,7 +445,8 @@ def run_doctor(recipe_path: str | None, overrides: list[str], output_dir: str | 
 def is_generative(recipe_path: str, overrides: list[str]) -> bool:
     """Whether the recipe asks for sft / causal-lm / masked-lm (False when it does not even load: the
     classification path then reports the recipe's own error)."""
-    from tuneforge.base.recipe import GENERATIVE_TASKS, load_recipe
+    from tuneforge.base.recipe import GENERATIVE_TASKS
+    from tuneforge.core.recipe import load_recipe
     from tuneforge.base.errors import UserError
 
     try:
@@ -490,7 +457,7 @@ def is_generative(recipe_path: str, overrides: list[str]) -> bool:
 
 def check_recipe_combinations_raw(report: Report, recipe_path: str, overrides: list[str], log) -> None:
     """When full validation fails on the machine (e.g. fp16 without a GPU), still name the combination."""
-    from tuneforge.base.recipe import load_recipe
+    from tuneforge.core.recipe import load_recipe
     from tuneforge.base.errors import UserError
 
     try:

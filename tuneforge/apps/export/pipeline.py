@@ -28,7 +28,7 @@ from tuneforge.apps.export.runtime import (FORMATS, MODEL_FILES, REPORT_NAME, On
                                       TorchScriptBackend, check_run_task, cpu_threads, load_classifier,
                                       unsupported_task)
 from tuneforge.base.integrity import IntegrityError, export_failure_message, gate_export
-from tuneforge.base.runfolder import write_json_atomic
+from tuneforge.base.atomic import write_json_atomic
 
 QUANTIZATIONS = ("int8",)
 PARITY_ROWS = 512
@@ -40,7 +40,7 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
                log: Callable[[str], None] = lambda message: None) -> tuple[Path, dict]:
     """Export ``run_dir``; return the export folder and the report. Raises ParityError (after writing the
     report) when the exported model disagrees with the run's model on too many validation rows."""
-    from tuneforge.core.tasks.predictor import load_run_recipe
+    from tuneforge.core.recipe import load_run_recipe
 
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
@@ -189,7 +189,7 @@ def load_parity_rows(recipe, data_file: str | Path | None, limit: int) -> tuple[
     """A reproducible sample of the run's validation split (recomputed from the recipe), or of ``data_file``."""
     data = recipe.data
     if data_file is not None:
-        from tuneforge.core.data.io import read_table
+        from tuneforge.base.tables import read_table
 
         path = Path(data_file)
         frame = read_table(path)
@@ -315,13 +315,14 @@ def _measure(variants: dict[str, TextClassifier], sizes: dict[str, int], recipe,
 
 
 def load_test_split(recipe, label_names: list[str]):
-    from tuneforge.core.data.examples import _read_split, _to_split
+    from tuneforge.core.data.splits import to_split
+    from tuneforge.core.data.splits import read_split
 
     path = recipe.data.test
     if path is None or not Path(path).is_file():
         return None
-    frame, _ = _read_split(Path(path), recipe.data, "test")
-    return _to_split(frame, Path(path), recipe.data, "test", {name: i for i, name in enumerate(label_names)})
+    frame, _ = read_split(Path(path), recipe.data, "test")
+    return to_split(frame, Path(path), recipe.data, "test", {name: i for i, name in enumerate(label_names)})
 
 
 def cpu_name() -> str:

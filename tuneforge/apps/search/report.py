@@ -90,7 +90,7 @@ def write_search_report(spec: SearchSpec) -> SearchSummary:
 
 def write_best_recipe(spec: SearchSpec, best, path: Path) -> None:
     """The recipe the best trial trained with, every default filled in, with a comment saying where it came from."""
-    from tuneforge.base.recipe import load_recipe
+    from tuneforge.core.recipe import load_recipe
 
     overrides = [*spec.overrides, *(override_item(key, value) for key, value in best.params.items())]
     recipe = load_recipe(spec.recipe, overrides)

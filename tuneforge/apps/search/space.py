@@ -174,7 +174,7 @@ def check_space_against_recipe(parameters: list[Parameter], recipe_path: str | P
     """Every edge value of every parameter must give a valid recipe (unknown keys, out-of-range values).
 
     Uses the recipe's own validation, so a typo gets the recipe's "did you mean"."""
-    from tuneforge.base.recipe import load_recipe
+    from tuneforge.core.recipe import load_recipe
 
     problems = []
     for parameter in parameters:

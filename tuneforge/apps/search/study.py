@@ -65,7 +65,7 @@ class SearchSpec:
         return parse_space(self.space, self.space_file)
 
     def save(self) -> None:
-        from tuneforge.base.runfolder import write_json_atomic
+        from tuneforge.base.atomic import write_json_atomic
 
         write_json_atomic(Path(self.output) / SPEC_FILE, asdict(self))
 
@@ -178,7 +178,7 @@ def _epochs(spec: SearchSpec) -> int:
     epochs_parameter = spec.space.get("train.epochs")
     if epochs_parameter is not None:
         return int(max(epochs_parameter.get("values") or [epochs_parameter.get("high", 1)]))
-    from tuneforge.base.recipe import load_recipe
+    from tuneforge.core.recipe import load_recipe
 
     return load_recipe(spec.recipe, spec.overrides).train.epochs
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    from tuneforge.cli import quiet_libraries
+    from tuneforge.base.quiet import quiet_libraries
     from tuneforge.cli.commands import log
     from tuneforge.base.errors import UserError
     from tuneforge.apps.search.study import SearchSpec, run_worker

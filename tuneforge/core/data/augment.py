@@ -26,8 +26,9 @@ from typing import Callable
 import numpy as np
 
 from tuneforge.base.recipe import AugmentConfig
-from tuneforge.core.data.examples import Split
+from tuneforge.core.data.splits import Split
 from tuneforge.base.errors import UserError
+from tuneforge.base.models import resolve_model
 
 # Words EDA never replaces with a synonym (Wei & Zou keep a stop-word list for the same reason):
 # function words carry little meaning of their own, and their embedding neighbours are other function words.
@@ -88,8 +89,6 @@ class EmbeddingSynonyms:
     def __init__(self, model: str, top_k: int = 8, min_similarity: float = 0.35) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
-
-        from tuneforge.base.models import resolve_model
 
         source = resolve_model(model)
         self.tokenizer = AutoTokenizer.from_pretrained(source)

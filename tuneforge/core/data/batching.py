@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tuneforge.core.data.examples import Split
+from tuneforge.core.data.splits import Split
 
 # How many batches' worth of examples are sorted together: big enough to group lengths well,
 # small enough that batches still mix examples from across the epoch.

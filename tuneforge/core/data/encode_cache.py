@@ -15,12 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tuneforge.base.paths import cache_root
 from tuneforge.core.data.batching import EncodedSplit, encode_split
-from tuneforge.core.data.examples import Split
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TUNEFORGE_CACHE_DIR", Path.home() / ".cache" / "tuneforge"))
+from tuneforge.core.data.splits import Split
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

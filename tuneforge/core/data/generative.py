@@ -26,6 +26,7 @@ import torch
 
 from tuneforge.base.recipe import GenerativeConfig, Recipe
 from tuneforge.base.errors import UserError
+from tuneforge.base.tables import SOURCE_ROW, read_table
 
 IGNORE_INDEX = -100
 PLAIN_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
@@ -91,7 +92,6 @@ def read_split(path: Path, recipe: Recipe, name: str) -> GenerativeSplit:
     """One file as conversations (sft) or texts; UserError naming the file, column and rows on bad input."""
     if recipe.task != "sft" and path.suffix.lower() in (".txt", ".md"):
         return _read_text_file(path, name)
-    from tuneforge.core.data.io import SOURCE_ROW, read_table
 
     frame = read_table(path)
     rows = frame[SOURCE_ROW].tolist()
@@ -136,8 +136,6 @@ def _read_text_file(path: Path, name: str) -> GenerativeSplit:
 
 
 def _require_columns(frame, columns: list[str], path: Path, key: str) -> None:
-    from tuneforge.core.data.io import SOURCE_ROW
-
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         present = ", ".join(c for c in frame.columns if c != SOURCE_ROW)
@@ -148,8 +146,6 @@ def _require_columns(frame, columns: list[str], path: Path, key: str) -> None:
 
 def conversations_from_frame(frame, settings: GenerativeConfig, path: Path) -> list[list[dict[str, str]]]:
     """Rows as chat lists ending with the assistant's answer (the part trained on)."""
-    from tuneforge.core.data.io import SOURCE_ROW
-
     rows = frame[SOURCE_ROW].tolist()
     conversations = []
     if settings.messages_column:

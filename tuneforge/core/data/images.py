@@ -11,8 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneforge.base.recipe import DataConfig
-from tuneforge.core.data.examples import ClassificationData, _label_name, _rows, _sorted_labels, stratified_split
+from tuneforge.core.data.splits import stratified_split
+from tuneforge.core.data.splits import sorted_labels
+from tuneforge.core.data.splits import format_rows
+from tuneforge.core.data.splits import label_name
+from tuneforge.core.data.splits import ClassificationData
 from tuneforge.base.errors import UserError
+from tuneforge.base.tables import SOURCE_ROW, read_table
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 BAD_SHOWN = 10
@@ -76,8 +81,6 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[str]]:
 
 def list_image_table(path: Path, config: DataConfig, with_labels: bool = True) -> tuple[list[Path], list[str], list[int]]:
     """(image paths, labels, source rows) of a data file with an image-path column."""
-    from tuneforge.core.data.io import SOURCE_ROW, read_table
-
     frame = read_table(path)
     wanted = [("image_column", config.image_column)] + ([("label_column", config.label_column)] if with_labels else [])
     for key, column in wanted:
@@ -87,7 +90,7 @@ def list_image_table(path: Path, config: DataConfig, with_labels: bool = True) -
                             f"Set data.{key} to one of them")
     paths = [Path(str(value)).expanduser() for value in frame[config.image_column].tolist()]
     paths = [p if p.is_absolute() else (path.parent / p) for p in paths]
-    labels = [_label_name(v) for v in frame[config.label_column].tolist()] if with_labels else [""] * len(paths)
+    labels = [label_name(v) for v in frame[config.label_column].tolist()] if with_labels else [""] * len(paths)
     return paths, labels, frame[SOURCE_ROW].astype(int).tolist()
 
 
@@ -119,7 +122,7 @@ def read_image_split(path: Path, config: DataConfig, name: str, label_names: lis
         if not paths:
             raise UserError(f"{path}: every image is unreadable")
     if label_names is None:
-        label_names = _sorted_labels(sorted(set(labels)))
+        label_names = sorted_labels(sorted(set(labels)))
         if len(label_names) < 2:
             raise UserError(f"{path}: only one label ({label_names[0]!r}); classification needs at least two")
     index = {label: i for i, label in enumerate(label_names)}
@@ -127,7 +130,7 @@ def read_image_split(path: Path, config: DataConfig, name: str, label_names: lis
     if unknown:
         rows_unknown = [r for r, label in zip(rows, labels) if label not in index]
         raise UserError(f"{path}: label(s) {', '.join(repr(u) for u in unknown[:10])} do not occur in the train set "
-                        f"(rows {_rows(rows_unknown)}); add examples of them to train or remove them")
+                        f"(rows {format_rows(rows_unknown)}); add examples of them to train or remove them")
     split = ImageSplit(name=name, source=path, paths=paths, labels=[index[label] for label in labels],
                        source_rows=rows)
     return split, label_names, notes

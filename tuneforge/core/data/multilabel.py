@@ -12,15 +12,20 @@ import numpy as np
 import pandas as pd
 
 from tuneforge.base.recipe import DataConfig
-from tuneforge.core.data.examples import ClassificationData, Split, _label_name, _read_split, _rows, _sorted_labels
+from tuneforge.core.data.splits import sorted_labels
+from tuneforge.core.data.splits import format_rows
+from tuneforge.core.data.splits import read_split
+from tuneforge.core.data.splits import label_name
+from tuneforge.core.data.splits import ClassificationData
+from tuneforge.core.data.splits import Split
 from tuneforge.base.errors import UserError
-from tuneforge.core.data.io import SOURCE_ROW
+from tuneforge.base.tables import SOURCE_ROW
 
 
 def row_labels(value: object, path: Path, row: int, config: DataConfig) -> list[str]:
     """The label names of one row's label cell."""
     if isinstance(value, (list, tuple, np.ndarray)):
-        names = [_label_name(item) for item in value]
+        names = [label_name(item) for item in value]
     elif isinstance(value, str) and config.label_delimiter is not None:
         names = [part.strip() for part in value.split(config.label_delimiter)]
     elif isinstance(value, str):
@@ -30,7 +35,7 @@ def row_labels(value: object, path: Path, row: int, config: DataConfig) -> list[
     elif value is None or (isinstance(value, float) and math.isnan(value)):
         names = []
     else:
-        names = [_label_name(value)]
+        names = [label_name(value)]
     return [name for name in dict.fromkeys(names) if name.strip()]
 
 
@@ -43,10 +48,10 @@ def read_multilabel_split(path: Path, config: DataConfig, name: str,
                           label_names: list[str] | None) -> tuple[Split, list[str], list[str]]:
     """(split with multi-hot labels, label names, notes); ``label_names`` None: taken from this (train) file."""
     # A missing label cell is an error (as in classification); an empty list means "none of the labels".
-    frame, notes = _read_split(path, config, name)
+    frame, notes = read_split(path, config, name)
     lists = _label_lists(frame, path, config)
     if label_names is None:
-        label_names = _sorted_labels(sorted({label for labels in lists for label in labels}))
+        label_names = sorted_labels(sorted({label for labels in lists for label in labels}))
         if len(label_names) < 2:
             raise UserError(f"{path}: fewer than two distinct labels in column '{config.label_column}'; "
                             "multi-label classification needs at least two")
@@ -56,7 +61,7 @@ def read_multilabel_split(path: Path, config: DataConfig, name: str,
     if unknown_rows:
         unknown = sorted({label for _, label in unknown_rows})
         raise UserError(f"{path}: label(s) {', '.join(repr(u) for u in unknown[:10])} do not occur in the train set "
-                        f"(rows {_rows(sorted({r for r, _ in unknown_rows}))}), so the model cannot learn them; add "
+                        f"(rows {format_rows(sorted({r for r, _ in unknown_rows}))}), so the model cannot learn them; add "
                         "examples of them to train or remove them from these rows")
     multi_hot = np.zeros((len(lists), len(label_names)), dtype=np.int64)
     for row, labels in enumerate(lists):

@@ -19,8 +19,10 @@ import torch
 
 from tuneforge.base.recipe import DataConfig, Recipe, TaskSpec
 from tuneforge.core.data.batching import EncodedSplit, collate, length_grouped_batches, shuffled_batches
-from tuneforge.core.data.examples import Split
+from tuneforge.core.data.splits import Split
 from tuneforge.base.errors import UserError
+from tuneforge.core.data.examples import load_classification_data
+from tuneforge.core.data.multilabel import load_multilabel_data
 
 # Filler of the unused label columns of a batch that mixes tasks (only the save check's probe batch can).
 LABEL_PADDING = -100
@@ -92,8 +94,6 @@ def task_data_config(recipe: Recipe, spec: TaskSpec) -> DataConfig:
 
 def load_multitask_data(recipe: Recipe) -> MultiTaskData:
     """Read and check every task's splits; a problem is reported with the task's name and position."""
-    from tuneforge.core.data.examples import load_classification_data
-    from tuneforge.core.data.multilabel import load_multilabel_data
 
     shared = recipe.data
     if shared.balance != "none" or shared.augment is not None:

@@ -41,13 +41,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tuneforge.base.errors import UserError
+from tuneforge.base.runfolder import PICKLE_SUFFIXES
 
 CHECKPOINTS_DIR = "checkpoints"
 FORMAT_VERSION = 1
 NAME_PATTERN = re.compile(r"^checkpoint-(\d{6})-step-(\d+)$")
 PARTIAL_PREFIX = ".partial-"
 # Files that unpickle on load (torch.save / pickle); a run folder holding one is refused by default.
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 
 
 @dataclass
@@ -346,17 +346,6 @@ def truncate_metrics(metrics_path: Path, size: int) -> None:
     if metrics_path.exists() and metrics_path.stat().st_size > size:
         with metrics_path.open("r+b") as stream:
             stream.truncate(size)
-
-
-def refuse_pickle_weights(folder: Path, allow_pickle: bool = False) -> None:
-    """UserError when ``folder`` holds pickled weights and no safetensors (loading pickle can run code)."""
-    if allow_pickle or not folder.is_dir():
-        return
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles and not any(folder.glob("*.safetensors")):
-        raise UserError(f"{folder}: holds pickled weights ({', '.join(pickles)}), which can run code when loaded; "
-                        "tuneforge loads safetensors only. Convert them, or set TUNEFORGE_ALLOW_PICKLE=1 if you "
-                        "trust where they came from")
 
 
 # ----------------------------------------------------------------------------- guards

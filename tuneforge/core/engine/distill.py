@@ -30,8 +30,17 @@ from torch import nn
 
 from tuneforge.base.recipe import DistillConfig, Recipe
 from tuneforge.core.data.batching import EncodedSplit, encode_split, iterate_batches, sorted_batches
-from tuneforge.core.data.examples import ClassificationData, Split
+from tuneforge.core.data.splits import ClassificationData
+from tuneforge.core.data.splits import Split
 from tuneforge.base.errors import UserError
+from tuneforge.base.runfolder import is_classifier_run_folder
+from tuneforge.base.models import load_model_config, resolve_model
+from tuneforge.core.engine.distill_image import ImageTeacher, batch_teacher_for, image_teacher_logits, is_image_teacher, load_image_teacher
+from tuneforge.core.anatomy import describe
+from tuneforge.core.tasks.predictor import Predictor
+from tuneforge.core.recipe import load_run_recipe
+from tuneforge.core.data.encode_cache import cache_root
+from tuneforge.core.tasks.image import augments
 
 if TYPE_CHECKING:
     from tuneforge.core.engine.distill_image import BatchTeacher, ImageTeacher
@@ -39,7 +48,6 @@ if TYPE_CHECKING:
 # Tasks whose students can be distilled: softmax classifiers over texts or images.
 DISTILL_TASKS = ("classification", "image-classification")
 # Batch key of a teacher's own view of an augmented image batch (EncodedImages puts it there; the loop pops it).
-TEACHER_PIXELS = "teacher_pixel_values"
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, hard_loss: torch.Tensor,
@@ -53,21 +61,16 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 # ----------------------------------------------------------------------------- the teacher
 
 
-def is_run_folder(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and (path / "labels.json").is_file()
-
-
 def teacher_label_names(config: DistillConfig) -> list[str]:
     """The teacher's label names in its output order, read without loading weights."""
     path = Path(config.teacher).expanduser()
-    if is_run_folder(path):
+    if is_classifier_run_folder(path):
         if not (path / "model").is_dir():
             raise UserError(f"distill.teacher: {path} has no trained model (model/ is missing; did that run finish? "
                             "see its run.json)")
         return json.loads((path / "labels.json").read_text(encoding="utf-8"))
     if path.is_dir() and (path / "run.json").is_file():
         raise UserError(f"distill.teacher: {path} is an unfinished tuneforge run (no config.yaml/labels.json)")
-    from tuneforge.base.models import load_model_config
 
     try:
         model_config = load_model_config(config.teacher)
@@ -91,7 +94,6 @@ def check_teacher(recipe: Recipe, data: ClassificationData, student_config: Any)
         raise UserError(f"distill: task {recipe.task} is not supported yet (classification and "
                         "image-classification only)")
     names = teacher_label_names(config)
-    from tuneforge.core.engine.distill_image import is_image_teacher
 
     images = recipe.task == "image-classification"
     if is_image_teacher(config) != images:
@@ -130,7 +132,6 @@ def shrink_student(model: nn.Module, setting: str | list[int] | None) -> nn.Modu
     the saved model loads back with its new depth."""
     if setting is None:
         return model
-    from tuneforge.core.anatomy import describe
 
     anatomy = describe(model)
     stack_path = anatomy.layer_modules[0].rsplit(".", 1)[0]
@@ -160,19 +161,13 @@ class Teacher:
 def load_teacher(config: DistillConfig, max_length: int) -> Teacher:
     """Load the teacher: a tuneforge run (any method, through its Predictor) or a classification model
     (an image teacher: :func:`tuneforge.core.engine.distill_image.load_image_teacher`)."""
-    from tuneforge.core.engine.distill_image import is_image_teacher, load_image_teacher
-
     if is_image_teacher(config):
         return load_image_teacher(config)
     path = Path(config.teacher).expanduser()
-    if is_run_folder(path):
-        from tuneforge.core.tasks.predictor import Predictor
-
+    if is_classifier_run_folder(path):
         predictor = Predictor(path)
         return Teacher(predictor.model, predictor.tokenizer, predictor.label_names, predictor.recipe.data.max_length)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from tuneforge.base.models import resolve_model
 
     source = resolve_model(config.teacher)
     model = AutoModelForSequenceClassification.from_pretrained(source).eval()
@@ -196,8 +191,6 @@ def _folder_fingerprint(folders: list[Path]) -> str:
 def teacher_logits(teacher: Teacher | ImageTeacher, split: Split, label_names: list[str], device: torch.device,
                    batch_size: int = 64) -> np.ndarray:
     """The teacher's logits for every example of ``split``, columns in ``label_names`` order."""
-    from tuneforge.core.engine.distill_image import ImageTeacher, image_teacher_logits
-
     if isinstance(teacher, ImageTeacher):
         return image_teacher_logits(teacher, split, label_names, device, batch_size)
     encoded: EncodedSplit = encode_split(teacher.tokenizer, split, teacher.max_length)
@@ -216,19 +209,14 @@ def teacher_identity(config: DistillConfig, max_length: int) -> tuple[str, int]:
     """What identifies the teacher's logits without loading it: a fingerprint of its weight files (names, sizes,
     modification times; a hub id as is) and the max_length it reads texts with."""
     path = Path(config.teacher).expanduser()
-    if is_run_folder(path):
-        from tuneforge.core.tasks.predictor import load_run_recipe
-
+    if is_classifier_run_folder(path):
         return _folder_fingerprint([path / "model", path / "adapter"]), load_run_recipe(path).data.max_length
-    from tuneforge.base.models import resolve_model
 
     source = resolve_model(config.teacher)
     return (_folder_fingerprint([Path(source)]) if Path(source).is_dir() else source), max_length
 
 
 def _cache_path(fingerprint: str, max_length: int, split: Split, label_names: list[str]) -> Path:
-    from tuneforge.core.data.encode_cache import cache_root
-
     digest = hashlib.sha256(f"{fingerprint}\0{max_length}\0{json.dumps(label_names)}\0".encode())
     for text in split.texts:
         digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
@@ -283,15 +271,11 @@ class Distiller:
         augmented image ``train_set``, the teacher attached to it to run per batch instead."""
         import time
 
-        from tuneforge.core.tasks.image import augments
-
         config = recipe.distill
         started = time.perf_counter()
         per_batch = recipe.task == "image-classification" and augments(recipe.image)
         train_logits, batch_teacher = None, None
         if per_batch:
-            from tuneforge.core.engine.distill_image import batch_teacher_for
-
             batch_teacher, shared = batch_teacher_for(config, train_set, data.label_names, device)
             log("distillation: the train images are augmented (random crop, flip, MixUp or CutMix), so the teacher "
                 "runs on every augmented batch (logits cached from the plain images would not match what the "

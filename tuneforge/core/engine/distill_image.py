@@ -22,6 +22,10 @@ import torch
 from torch import nn
 
 from tuneforge.base.recipe import DistillConfig
+from tuneforge.base.models import load_model_config, resolve_model
+from tuneforge.core.tasks.image import EncodedImages, ImagePredictor, ImagePreprocessor, is_image_model_config, load_image_processor
+from tuneforge.base.runfolder import is_classifier_run_folder
+from tuneforge.core.recipe import load_run_recipe
 
 
 @dataclass
@@ -35,30 +39,21 @@ class ImageTeacher:
 
 def is_image_teacher(config: DistillConfig) -> bool:
     """Whether ``distill.teacher`` is an image classifier (an image run folder or model), without loading weights."""
-    from tuneforge.base.models import load_model_config
-    from tuneforge.core.tasks.image import is_image_model_config
-    from tuneforge.core.engine.distill import is_run_folder
 
     path = Path(config.teacher).expanduser()
-    if is_run_folder(path):
-        from tuneforge.core.tasks.predictor import load_run_recipe
-
+    if is_classifier_run_folder(path):
         return load_run_recipe(path).task == "image-classification"
     return is_image_model_config(load_model_config(config.teacher))
 
 
 def load_image_teacher(config: DistillConfig) -> ImageTeacher:
     """Load the teacher: an image run (any method, through its predictor) or an image-classification model."""
-    from tuneforge.core.tasks.image import ImagePredictor, ImagePreprocessor, load_image_processor
-    from tuneforge.core.engine.distill import is_run_folder
 
     path = Path(config.teacher).expanduser()
-    if is_run_folder(path):
+    if is_classifier_run_folder(path):
         predictor = ImagePredictor(path)
         return ImageTeacher(predictor.model.eval(), predictor.preprocessor, predictor.label_names)
     from transformers import AutoModelForImageClassification
-
-    from tuneforge.base.models import resolve_model
 
     source = resolve_model(config.teacher)
     model = AutoModelForImageClassification.from_pretrained(source).eval()
@@ -75,8 +70,6 @@ def label_order(teacher_names: list[str], label_names: list[str]) -> list[int]:
 def image_teacher_logits(teacher: ImageTeacher, split, label_names: list[str], device: torch.device,
                          batch_size: int = 64) -> np.ndarray:
     """The teacher's logits for every image of ``split`` (not augmented), columns in ``label_names`` order."""
-    from tuneforge.core.tasks.image import EncodedImages
-
     encoded = EncodedImages(split, teacher.preprocessor, None, 0)
     model = teacher.model.to(device).eval()
     logits = np.zeros((len(split), len(teacher.label_names)), dtype=np.float32)

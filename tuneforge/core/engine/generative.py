@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tuneforge.base.recipe import GENERATIVE_TASKS, Recipe, dump_recipe, load_recipe
+from tuneforge.base.recipe import GENERATIVE_TASKS, Recipe, dump_recipe
+from tuneforge.core.recipe import load_recipe
 from tuneforge.core.data.batching import length_grouped_batches, shuffled_batches, sorted_batches
 from tuneforge.core.data.generative import (EncodedExamples, GenerativeData, cell_text, collate, encode_causal_blocks,
                                        encode_masked, encode_sft, load_generative_data, pack, prompt_ids)
@@ -34,8 +35,11 @@ from tuneforge.base.errors import UserError
 from tuneforge.core.evaluate.generation import exact_match, generation_scores, rouge_l
 from tuneforge.core.methods import Method, build_method
 from tuneforge.core.methods.layout import has_plain_model
-from tuneforge.base.models import load_model_config, load_tokenizer, quiet_transformers, resolve_model
-from tuneforge.base.runfolder import RunStatus, append_jsonl, new_run_dir, write_json_atomic
+from tuneforge.base.models import load_model_config, load_tokenizer, resolve_model
+from tuneforge.base.quiet import quiet_transformers
+from tuneforge.base.runfolder import RunStatus, new_run_dir
+from tuneforge.base.atomic import append_jsonl
+from tuneforge.base.atomic import write_json_atomic
 from tuneforge.core.engine.checkpoint import keep_best_epoch, snapshot_trainable
 from tuneforge.core.engine.optim import build_optimizer, build_scheduler, take_optimizer_step
 from tuneforge.core.engine.runtime import Runtime, resolve_precision, setup_runtime
@@ -510,7 +514,7 @@ def load_generative_run(run_dir: Path, recipe: Recipe | None = None) -> nn.Modul
 
 
 def load_recipe_of_run(run_dir: Path) -> Recipe:
-    from tuneforge.base.recipe import validate_recipe
+    from tuneforge.core.recipe import validate_recipe
     import yaml
 
     path = Path(run_dir) / "config.yaml"
@@ -537,7 +541,7 @@ def train_generative_command(recipe_path: str, overrides: list[str], output: str
                        tuneforge_version=__version__,
                        rows={"train": len(data.train), "validation": len(data.validation),
                              "test": len(data.test) if data.test else 0})
-    from tuneforge.apps.manifest import start_manifest
+    from tuneforge.base.manifest import start_manifest
 
     start_manifest(run_dir, recipe, recipe_path, overrides)  # closed by status.finish, as for classification
     try:
@@ -598,7 +602,7 @@ def generate_command(run_dir: str, prompt: str | None, input_file: str | None, o
                      max_new_tokens: int | None, temperature: float, top_p: float | None, log) -> int:
     """``tuneforge generate RUN_DIR``: answer one prompt, or every row of a file (instruction/input columns
     of the run's recipe, a ``messages`` column, or a ``prompt`` column)."""
-    from tuneforge.core.data.io import SOURCE_ROW, read_table, write_table
+    from tuneforge.base.tables import SOURCE_ROW, read_table, write_table
 
     if (prompt is None) == (input_file is None):
         raise UserError("generate: give either --prompt \"...\" or --input FILE --output FILE")

@@ -33,9 +33,10 @@ from tqdm.auto import tqdm
 from tuneforge.core.anatomy import describe, frozen_blocks_to_eval
 from tuneforge.base.recipe import Recipe
 from tuneforge.core.data.batching import EncodedSplit, iterate_batches
-from tuneforge.core.data.examples import ClassificationData
+from tuneforge.core.data.splits import ClassificationData
 from tuneforge.core.methods import Method, build_method
-from tuneforge.base.models import load_tokenizer, quiet_transformers, resolve_model
+from tuneforge.base.models import load_tokenizer, resolve_model
+from tuneforge.base.quiet import quiet_transformers
 from tuneforge.core.engine.activation_cache import CachedPrefix, build_cache
 from tuneforge.core.engine.checkpoint import (BadStepGuard, Checkpointer, LoopState, StopRequest, TrainingInterrupted,
                                         check_free_disk, keep_best_epoch, restore, snapshot_trainable,
@@ -43,15 +44,11 @@ from tuneforge.core.engine.checkpoint import (BadStepGuard, Checkpointer, LoopSt
 from tuneforge.core.engine.distributed import distributed
 from tuneforge.core.engine.tracking import MetricsLog
 from tuneforge.core.tasks import task_for
-from tuneforge.core.engine.distill import TEACHER_PIXELS, Distiller, shrink_student
+from tuneforge.core.engine.distill import Distiller, shrink_student
+from tuneforge.core.tasks.image import TEACHER_PIXELS
 from tuneforge.core.engine.optim import build_optimizer, build_scheduler, take_optimizer_step
 from tuneforge.core.engine.runtime import Runtime, setup_runtime
-
-# Names under which transformers configs keep their dropout probabilities.
-DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
-                "attention_dropout", "seq_classif_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop",
-                "attn_pdrop", "summary_first_dropout")
-
+from tuneforge.base.integrity import save_and_gate
 
 @dataclass
 class TrainResult:
@@ -67,41 +64,11 @@ class TrainResult:
     stopped_early: bool
 
 
-def load_classifier(recipe: Recipe, label_names: list[str]):
-    """Tokenizer and a sequence-classification model with a fresh head for ``label_names``."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    source = resolve_model(recipe.model)
-    config = AutoConfig.from_pretrained(
-        source, num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)})
-    if recipe.train.dropout is not None:
-        for key in DROPOUT_KEYS:
-            if isinstance(getattr(config, key, None), float) or (key == "classifier_dropout" and hasattr(config, key)):
-                setattr(config, key, recipe.train.dropout)
-    tokenizer = load_tokenizer(source)
-    config.pad_token_id = tokenizer.pad_token_id
-    with quiet_transformers():  # "newly initialized classifier" is expected: we train that head
-        model = AutoModelForSequenceClassification.from_pretrained(source, config=config)
-    return tokenizer, model
-
-
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
-
-
-def class_weight_tensor(recipe: Recipe, data: ClassificationData) -> torch.Tensor | None:
-    """Per-class loss weights: none, balanced (n / (k * count)), or given by label name (default 1)."""
-    setting = recipe.train.class_weights
-    if setting == "none":
-        return None
-    if setting == "balanced":
-        counts = np.bincount(data.train.labels, minlength=len(data.label_names)).astype(np.float64)
-        return torch.tensor(len(data.train) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
-    return torch.tensor([float(setting.get(name, 1.0)) for name in data.label_names], dtype=torch.float32)
 
 
 def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
@@ -349,8 +316,6 @@ def save_model(method: Method, model: nn.Module, tokenizer, run_dir: Path, probe
     """Save through the method and pass the integrity gate (:func:`tuneforge.base.integrity.save_and_gate`, shared
     with the generative loop): the saved-for-deployment module, and the run read back from disk, must answer
     a probe batch of up to 32 validation rows as the trained model did."""
-    from tuneforge.base.integrity import save_and_gate
-
     probe = next(iterate_batches(probe_set, [list(range(min(len(probe_set), 32)))], pad_id))
     probe_labels = probe.pop("labels").numpy()
     batch = {key: value.to(device) for key, value in probe.items()}

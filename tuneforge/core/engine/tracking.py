@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.base.errors import UserError
-from tuneforge.base.runfolder import append_jsonl
+from tuneforge.base.atomic import append_jsonl
 
 # Fields of a metrics record that are positions, not measurements.
 POSITION_FIELDS = ("step", "epoch")

@@ -7,12 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge.base.recipe import Recipe, load_recipe
-from tuneforge.core.data.examples import ClassificationData
+from tuneforge.base.recipe import Recipe
+from tuneforge.core.recipe import load_recipe
+from tuneforge.core.data.splits import ClassificationData
 from tuneforge.base.errors import UserError
 from tuneforge.base.models import load_model_config
 from tuneforge.core.tasks import task_for
 from tuneforge.core.engine.runtime import resolve_precision
+from tuneforge.base.recipe import GENERATIVE_TASKS
+from tuneforge.core.engine.distill import check_teacher
 
 
 @dataclass
@@ -29,8 +32,6 @@ def validate_job(recipe_path: str | Path, overrides: list[str] | None = None) ->
     recipe = load_recipe(recipe_path, overrides)
     import torch
 
-    from tuneforge.base.recipe import GENERATIVE_TASKS
-
     if recipe.task in GENERATIVE_TASKS:  # `train` and `validate` hand these to tuneforge.core.engine.generative
         raise UserError(f"task {recipe.task}: this command is not supported yet for generative tasks; "
                         "`tuneforge validate`, `train` and `generate` are (docs/generative.md)")
@@ -40,7 +41,6 @@ def validate_job(recipe_path: str | Path, overrides: list[str] | None = None) ->
     model_config = load_model_config(recipe.model)
     task.check_model_config(recipe, model_config)
     if recipe.distill is not None:  # the teacher's labels and the student's layers, without loading weights
-        from tuneforge.core.engine.distill import check_teacher
 
         check_teacher(recipe, data, model_config)
     layers = getattr(model_config, "num_hidden_layers", None)

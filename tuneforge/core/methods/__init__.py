@@ -12,6 +12,8 @@ from tuneforge.core.methods import adapter  # noqa: F401
 from tuneforge.core.methods import prefix  # noqa: F401
 from tuneforge.core.methods import prompt  # noqa: F401
 from tuneforge.core.methods import ptuning  # noqa: F401
-from tuneforge.core.methods.registry import Method, MethodConfig, build_method, method_names, method_spec, register
+from tuneforge.core.methods.registry import (Method, MethodConfig, PlainModelReader, build_method, method_configs,
+                                            method_names, method_spec, register)
 
-__all__ = ["Method", "MethodConfig", "build_method", "method_names", "method_spec", "register"]
+__all__ = ["Method", "MethodConfig", "PlainModelReader", "build_method", "method_configs", "method_names",
+           "method_spec", "register"]

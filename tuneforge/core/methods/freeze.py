@@ -13,6 +13,7 @@ from torch import nn
 
 from tuneforge.core.anatomy import describe, set_trainable
 from tuneforge.core.methods.registry import Method, MethodConfig, register
+from tuneforge.base.errors import UserError
 
 
 class FreezeConfig(MethodConfig):
@@ -41,8 +42,6 @@ class Freeze(Method):
     def prepare(self, model: nn.Module) -> nn.Module:
         layers = describe(model).num_layers
         if self.config.unfreeze_top_layers > layers:
-            from tuneforge.base.errors import UserError
-
             raise UserError(f"method.unfreeze_top_layers={self.config.unfreeze_top_layers} but the model has "
                             f"{layers} layers: use a value from 0 to {layers}")
         set_trainable(model, trainable_top(model, self.config.unfreeze_top_layers))

@@ -18,6 +18,7 @@ from torch import nn
 from tuneforge.core.methods.peft_method import (MergeableConfig, PeftMethod, image_head_names, image_modules_to_save,
                                            is_image_classifier, peft_task_type)
 from tuneforge.core.methods.registry import register
+from tuneforge.base.errors import UserError
 
 
 class Ia3MethodConfig(MergeableConfig):
@@ -36,8 +37,6 @@ VISION_IA3_MODULES = ((("k_proj", "v_proj", "fc2"), ("fc2",)), (("key", "value",
 
 def image_ia3_modules(model: nn.Module) -> tuple[list[str], list[str]]:
     """(target_modules, feedforward_modules) of IA3 for a vision transformer image classifier."""
-    from tuneforge.base.errors import UserError
-
     heads = tuple(image_head_names(model))
     linear = [name for name, module in model.named_modules()
               if name and not name.startswith(heads) and isinstance(module, nn.Linear)]
@@ -58,7 +57,6 @@ class Ia3(PeftMethod):
 
     def peft_config(self, model: nn.Module) -> Any:
         from peft import IA3Config
-        from tuneforge.base.errors import UserError
 
         config = self.config
         if (config.target_modules == "auto") != (config.feedforward_modules == "auto"):

@@ -19,6 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tuneforge.base.errors import UserError
+from tuneforge.base.quiet import quiet_transformers
+
 BASE_DIR = "base"
 ADAPTER_DIR = "adapter"
 
@@ -99,15 +102,18 @@ def auto_class_for(config) -> type:
 
 def load_base(run_dir: Path) -> nn.Module:
     """The plain base model of a non-merged run (eval mode)."""
-    from transformers import AutoConfig
-
-    from tuneforge.base.errors import UserError
-    from tuneforge.base.models import quiet_transformers
-
     folder = Path(run_dir) / BASE_DIR
     if not (folder / "config.json").is_file():
         raise UserError(f"{run_dir}: has no trained model (neither model/config.json nor base/; did the run finish? "
                         "see run.json)")
+    with quiet_transformers():
+        return load_plain_model(folder)
+
+
+def load_plain_model(folder: Path) -> nn.Module:
+    """A plain transformers model folder (``config.json`` + weights) as the class it was saved as, in eval mode."""
+    from transformers import AutoConfig
+
     with quiet_transformers():
         return auto_class_for(AutoConfig.from_pretrained(folder)).from_pretrained(folder).eval()
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from tuneforge.core.methods.layout import ADAPTER_DIR, BASE_DIR, has_plain_model, load_base, model_device, save_base
 from tuneforge.core.methods.registry import Method, MethodConfig
+from tuneforge.base.errors import UserError
 
 
 def peft_task_type(model: nn.Module) -> Any:
@@ -82,8 +83,6 @@ def image_target_modules(model: nn.Module) -> list[str]:
     targets = [name for name, module in body
                if (isinstance(module, nn.Conv2d) and module.groups == 1) or isinstance(module, nn.Linear)]
     if not targets:
-        from tuneforge.base.errors import UserError
-
         raise UserError(f"{type(model).__name__}: no attention query/value projections and no Conv2d/Linear "
                         "layers found to adapt; set method.target_modules")
     return targets
@@ -91,8 +90,6 @@ def image_target_modules(model: nn.Module) -> list[str]:
 
 def unsupported_model_error(method: str, model: nn.Module, error: ValueError):
     """A UserError for PEFT's "Please specify ..." errors: the method is not supported yet for this model type."""
-    from tuneforge.base.errors import UserError
-
     model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
     message = str(error)
     if "target_modules" in message:

@@ -11,17 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from collections.abc import Callable
+
 from torch import nn
 
 from tuneforge.base.errors import UserError, did_you_mean
+from tuneforge.base.recipe import MethodConfig
+from tuneforge.core.methods.layout import load_plain_model
 
-
-class MethodConfig(BaseModel):
-    """Keys of the recipe's ``method:`` section common to all methods."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-    name: str
+# How a task reads a plain model folder back (``run/model`` or ``run/base``); the task passes its own
+# reader (multitask: encoder + heads), the default reads any transformers model by its recorded class.
+PlainModelReader = Callable[[Path], nn.Module]
 
 
 class Method:
@@ -67,20 +67,16 @@ class Method:
         return model
 
     @classmethod
-    def load(cls, run_dir: Path, config: MethodConfig) -> nn.Module:
+    def load(cls, run_dir: Path, config: MethodConfig, read_plain: PlainModelReader = load_plain_model) -> nn.Module:
         """The trained model of a run folder this method wrote, in eval mode (default: ``run_dir/model``).
 
-        Methods that cannot be merged into a plain model override this to rebuild base + adapter.
+        ``read_plain`` reads a plain model folder; the run's task supplies it (the method never learns which
+        task it serves). Methods that cannot be merged into a plain model override this to rebuild base + adapter.
         """
-        from tuneforge.core.tasks.image import model_class_for
-        from tuneforge.core.tasks.multitask_model import is_multitask_folder, load_multitask_model
-
         model_dir = Path(run_dir) / "model"
         if not (model_dir / "config.json").is_file():
             raise UserError(f"{run_dir}: has no trained model (model/ is missing; did the run finish? see run.json)")
-        if is_multitask_folder(model_dir):  # task multitask: shared encoder + heads.safetensors + multitask.json
-            return load_multitask_model(model_dir)
-        return model_class_for(model_dir).from_pretrained(model_dir).eval()  # a text or an image classifier
+        return read_plain(model_dir).eval()
 
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -104,6 +100,11 @@ def method_spec(name: str) -> type[Method]:
     if name not in _REGISTRY:
         raise UserError(f"unknown method '{name}'{did_you_mean(name, _REGISTRY)}; choose one of {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
+
+
+def method_configs() -> dict[str, type[MethodConfig]]:
+    """Each registered method's config class by name: the catalogue the recipe validates ``method:`` against."""
+    return {name: spec.config_class for name, spec in _REGISTRY.items()}
 
 
 def build_method(config: MethodConfig) -> Method:

@@ -9,23 +9,20 @@ split into batches, compute the loss and the validation metrics, and what to do 
 from __future__ import annotations
 
 from tuneforge.core.tasks.base import Task
+from tuneforge.core.tasks.multilabel import MultiLabelTask
+from tuneforge.core.tasks.multitask import MultiTaskTask
+from tuneforge.core.tasks.image import ImageClassificationTask
+from tuneforge.core.tasks.classification import ClassificationTask
 
 
 def task_for(name: str) -> Task:
     """The Task object for a recipe's ``task:`` value."""
     if name == "multilabel":
-        from tuneforge.core.tasks.multilabel import MultiLabelTask
-
         return MultiLabelTask()
     if name == "multitask":
-        from tuneforge.core.tasks.multitask import MultiTaskTask
-
         return MultiTaskTask()
     if name == "image-classification":
-        from tuneforge.core.tasks.image import ImageClassificationTask
-
         return ImageClassificationTask()
-    from tuneforge.core.tasks.classification import ClassificationTask
 
     return ClassificationTask()
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from tuneforge.base.recipe import Recipe
+from tuneforge.core.data.batching import length_grouped_batches, shuffled_batches
 
 
 class Task:
@@ -46,8 +47,6 @@ class Task:
         """One epoch's training batches (lists of example indices), every example once, drawn from ``generator``
         only (a resumed run replays them): length-grouped, or plainly shuffled with ``train.group_by_length: false``.
         Multitask overrides it: each batch from one task, in the order ``multitask.sampling`` sets."""
-        from tuneforge.core.data.batching import length_grouped_batches, shuffled_batches
-
         return (length_grouped_batches(encoded.lengths, batch_size, generator) if recipe.train.group_by_length
                 else shuffled_batches(len(encoded), batch_size, generator))
 

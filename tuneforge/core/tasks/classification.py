@@ -11,37 +11,68 @@ from torch import nn
 
 from tuneforge.base.recipe import Recipe
 from tuneforge.core.tasks.base import Task
+from tuneforge.core.data.examples import load_classification_data
+from tuneforge.core.data.encode_cache import encode_split_cached
+from tuneforge.core.evaluate import classification_metrics, write_evaluation
+from tuneforge.core.evaluate.inference import predict_probabilities
+from tuneforge.core.data.batching import encode_split
+
+
+# Names under which transformers configs keep their dropout probabilities.
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
+                "attention_dropout", "seq_classif_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop",
+                "attn_pdrop", "summary_first_dropout")
+
+
+def load_classifier(recipe: Recipe, label_names: list[str]):
+    """Tokenizer and a sequence-classification model with a fresh head for ``label_names``."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    source = resolve_model(recipe.model)
+    config = AutoConfig.from_pretrained(
+        source, num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)})
+    if recipe.train.dropout is not None:
+        for key in DROPOUT_KEYS:
+            if isinstance(getattr(config, key, None), float) or (key == "classifier_dropout" and hasattr(config, key)):
+                setattr(config, key, recipe.train.dropout)
+    tokenizer = load_tokenizer(source)
+    config.pad_token_id = tokenizer.pad_token_id
+    with quiet_transformers():  # "newly initialized classifier" is expected: we train that head
+        model = AutoModelForSequenceClassification.from_pretrained(source, config=config)
+    return tokenizer, model
+
+
+def class_weight_tensor(recipe: Recipe, data: ClassificationData) -> torch.Tensor | None:
+    """Per-class loss weights: none, balanced (n / (k * count)), or given by label name (default 1)."""
+    setting = recipe.train.class_weights
+    if setting == "none":
+        return None
+    if setting == "balanced":
+        counts = np.bincount(data.train.labels, minlength=len(data.label_names)).astype(np.float64)
+        return torch.tensor(len(data.train) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+    return torch.tensor([float(setting.get(name, 1.0)) for name in data.label_names], dtype=torch.float32)
 
 
 class ClassificationTask(Task):
     name = "classification"
 
     def load_data(self, recipe: Recipe):
-        from tuneforge.core.data.examples import load_classification_data
-
         return load_classification_data(recipe.data, recipe.train.seed, model=recipe.model)
 
     def load_model(self, recipe: Recipe, label_names: list[str]):
-        from tuneforge.core.engine.loop import load_classifier
-
         return load_classifier(recipe, label_names)
 
     def encode(self, preprocessor, split, recipe: Recipe, training: bool):
-        from tuneforge.core.data.encode_cache import encode_split_cached
-
         return encode_split_cached(preprocessor, split, recipe.data.max_length)
 
     def loss_functions(self, recipe: Recipe, data, device: torch.device) -> tuple[nn.Module, nn.Module]:
-        from tuneforge.core.engine.loop import class_weight_tensor
-
         weights = class_weight_tensor(recipe, data)
         # CrossEntropyLoss also takes class-probability targets (the mixed labels of MixUp/CutMix).
         return nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None), nn.CrossEntropyLoss()
 
     def validation_metrics(self, model, encoded, label_names, batch_size, pad_id, device, loss_fn, autocast_dtype,
                            before_batch=None) -> dict[str, Any]:
-        from tuneforge.core.evaluate import classification_metrics
-        from tuneforge.core.evaluate.inference import predict_probabilities
 
         probabilities, loss = predict_probabilities(model, encoded, batch_size, pad_id, device, loss_fn,
                                                     autocast_dtype, before_batch=before_batch)
@@ -52,9 +83,6 @@ class ClassificationTask(Task):
     def after_training(self, recipe: Recipe, data, result, run_dir: Path, log) -> dict[str, Any]:
         if data.test is None:
             return {}
-        from tuneforge.core.data.batching import encode_split
-        from tuneforge.core.evaluate import write_evaluation
-        from tuneforge.core.evaluate.inference import predict_probabilities
 
         encoded = encode_split(result.tokenizer, data.test, recipe.data.max_length)
         probabilities, _ = predict_probabilities(result.model, encoded, 64, result.tokenizer.pad_token_id,

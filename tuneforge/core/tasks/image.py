@@ -22,7 +22,21 @@ from torch import nn
 from tuneforge.base.recipe import ImageConfig, Recipe
 from tuneforge.base.errors import UserError
 from tuneforge.core.tasks.classification import ClassificationTask
-from tuneforge.core.engine.distill import TEACHER_PIXELS
+from tuneforge.core.tasks.mixing import BatchMixer, horizontal_flip, random_resized_crop
+from tuneforge.core.data.images import IMAGE_EXTENSIONS, ImageSplit, bad_images, list_image_table, load_image_data, open_rgb, read_image_split
+from tuneforge.base.models import resolve_model
+from tuneforge.base.quiet import quiet_transformers
+from tuneforge.core.tasks.classification import DROPOUT_KEYS
+from tuneforge.core.evaluate import write_evaluation
+from tuneforge.core.evaluate.inference import predict_probabilities
+from tuneforge.base.tables import write_table
+from tuneforge.core.evaluate.summary import print_summary
+from tuneforge.core.methods import method_spec
+from tuneforge.core.recipe import load_run_recipe
+from tuneforge.base.runfolder import refuse_pickle_weights
+
+# The batch key of the distillation teacher's view of an augmented image batch (the loop pops it).
+TEACHER_PIXELS = "teacher_pixel_values"
 
 # PEFT methods need the layers to adapt and the head to train named for image models (methods/peft_method.py):
 # done for LoRA and DoRA (any image model) and IA3 (vision transformers); the others are refused with a reason.
@@ -104,8 +118,6 @@ class EncodedImages:
     ``lengths`` are all 1, so length-grouped batching is plain shuffling."""
 
     def __init__(self, split, preprocessor: ImagePreprocessor, augment: ImageConfig | None, seed: int) -> None:
-        from tuneforge.core.tasks.mixing import BatchMixer
-
         self.paths = list(split.paths)
         self.labels = list(split.labels)
         self.preprocessor = preprocessor
@@ -131,8 +143,6 @@ class EncodedImages:
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         """``pixel_values`` and ``labels`` (class ids, or class probabilities after MixUp/CutMix); with a
         distillation teacher attached, also its view of the batch (``TEACHER_PIXELS``)."""
-        from tuneforge.core.data.images import open_rgb
-        from tuneforge.core.tasks.mixing import horizontal_flip, random_resized_crop
 
         images = None
         if self.cache is not None and all(i in self.cache for i in indices):
@@ -170,8 +180,6 @@ class ImageClassificationTask(ClassificationTask):
     supports_activation_cache = False
 
     def load_data(self, recipe: Recipe):
-        from tuneforge.core.data.images import load_image_data
-
         return load_image_data(recipe.data, recipe.train.seed)
 
     def check_model_config(self, recipe: Recipe, model_config: Any) -> None:
@@ -193,8 +201,6 @@ class ImageClassificationTask(ClassificationTask):
     def load_model(self, recipe: Recipe, label_names: list[str]):
         from transformers import AutoConfig, AutoModelForImageClassification
 
-        from tuneforge.base.models import quiet_transformers, resolve_model
-        from tuneforge.core.engine.loop import DROPOUT_KEYS
 
         source = resolve_model(recipe.model)
         config = AutoConfig.from_pretrained(source, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
@@ -214,8 +220,6 @@ class ImageClassificationTask(ClassificationTask):
     def after_training(self, recipe: Recipe, data, result, run_dir: Path, log) -> dict[str, Any]:
         if data.test is None:
             return {}
-        from tuneforge.core.evaluate import write_evaluation
-        from tuneforge.core.evaluate.inference import predict_probabilities
 
         encoded = EncodedImages(data.test, result.tokenizer, None, recipe.train.seed)
         probabilities, _ = predict_probabilities(result.model, encoded, 64, 0, result.runtime.device)
@@ -227,8 +231,6 @@ class ImageClassificationTask(ClassificationTask):
     def predict_command(self, run_dir: str, text: str | None, text_pair: str | None, input_file: str | None,
                         output_file: str | None, top: int) -> int:
         """``tuneforge predict RUN --input FOLDER|IMAGE|FILE --output FILE``: path, label, confidence per image."""
-        from tuneforge.core.data.images import IMAGE_EXTENSIONS, bad_images, list_image_table
-        from tuneforge.core.data.io import write_table
 
         if text is not None or input_file is None:
             raise UserError("predict: this run classifies images; give --input FOLDER (or one image, or a file with "
@@ -265,9 +267,6 @@ class ImageClassificationTask(ClassificationTask):
 
     def eval_command(self, run_dir: str, data_file: str) -> int:
         """``tuneforge eval RUN --data FOLDER|FILE``: an ImageFolder or a file with image-path and label columns."""
-        from tuneforge.cli.commands import print_summary
-        from tuneforge.core.data.images import read_image_split
-        from tuneforge.core.evaluate import write_evaluation
 
         predictor = ImagePredictor(run_dir)
         path = Path(data_file)
@@ -293,9 +292,6 @@ class ImagePredictor:
 
         import os
 
-        from tuneforge.core.methods import method_spec
-        from tuneforge.core.tasks.predictor import load_run_recipe
-        from tuneforge.core.engine.checkpoint import refuse_pickle_weights
 
         run_dir = Path(run_dir)
         self.recipe = load_run_recipe(run_dir)
@@ -310,8 +306,6 @@ class ImagePredictor:
         self.batch_size = batch_size
 
     def probabilities(self, paths: list[Path]) -> np.ndarray:
-        from tuneforge.core.data.images import ImageSplit
-        from tuneforge.core.evaluate.inference import predict_probabilities
 
         split = ImageSplit(name="predict", source=Path("."), paths=list(paths), labels=[0] * len(paths),
                            source_rows=list(range(1, len(paths) + 1)))

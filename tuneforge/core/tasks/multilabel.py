@@ -20,6 +20,14 @@ from torch import nn
 from tuneforge.base.recipe import Recipe
 from tuneforge.base.errors import UserError
 from tuneforge.core.tasks.base import Task
+from tuneforge.core.data.multilabel import load_multilabel_data, read_multilabel_split
+from tuneforge.core.tasks.classification import load_classifier
+from tuneforge.core.data.encode_cache import encode_split_cached
+from tuneforge.core.evaluate.multilabel import load_thresholds, multilabel_metrics, save_thresholds, tune_thresholds, write_multilabel_evaluation
+from tuneforge.core.evaluate.inference import predict_probabilities
+from tuneforge.core.data.batching import EncodedSplit, encode_split
+from tuneforge.base.tables import SOURCE_ROW, read_table, write_table
+from tuneforge.core.tasks.predictor import Predictor
 
 
 class MultiLabelLoss(nn.Module):
@@ -45,8 +53,6 @@ class MultiLabelTask(Task):
     name = "multilabel"
 
     def load_data(self, recipe: Recipe):
-        from tuneforge.core.data.multilabel import load_multilabel_data
-
         if recipe.train.class_weights != "none":
             raise UserError("train.class_weights is for task classification; for multilabel use "
                             "multilabel.pos_weight: balanced")
@@ -58,16 +64,12 @@ class MultiLabelTask(Task):
                             "KL); remove the distill section")
 
     def load_model(self, recipe: Recipe, label_names: list[str]):
-        from tuneforge.core.engine.loop import load_classifier
-
         tokenizer, model = load_classifier(recipe, label_names)
         # Saved into config.json: transformers' own loss and pipeline() then use sigmoids, not a softmax.
         model.config.problem_type = "multi_label_classification"
         return tokenizer, model
 
     def encode(self, preprocessor, split, recipe: Recipe, training: bool):
-        from tuneforge.core.data.encode_cache import encode_split_cached
-
         return encode_split_cached(preprocessor, split, recipe.data.max_length)
 
     def loss_functions(self, recipe: Recipe, data, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -77,8 +79,6 @@ class MultiLabelTask(Task):
     def validation_metrics(self, model, encoded, label_names, batch_size, pad_id, device, loss_fn, autocast_dtype,
                            before_batch=None) -> dict[str, Any]:
         """At threshold 0.5: the thresholds are tuned once, after training, for the saved epoch."""
-        from tuneforge.core.evaluate.multilabel import multilabel_metrics
-        from tuneforge.core.evaluate.inference import predict_probabilities
 
         probabilities, loss = predict_probabilities(model, encoded, batch_size, pad_id, device, loss_fn, autocast_dtype,
                                                     before_batch=before_batch, activation="sigmoid")
@@ -89,9 +89,6 @@ class MultiLabelTask(Task):
 
     def after_training(self, recipe: Recipe, data, result, run_dir: Path, log) -> dict[str, Any]:
         """Tune the thresholds on the validation split with the saved model, store them, evaluate test."""
-        from tuneforge.core.data.batching import encode_split
-        from tuneforge.core.evaluate.multilabel import save_thresholds, tune_thresholds, write_multilabel_evaluation
-        from tuneforge.core.evaluate.inference import predict_probabilities
 
         def probabilities_of(split) -> np.ndarray:
             encoded = encode_split(result.tokenizer, split, recipe.data.max_length)
@@ -121,8 +118,6 @@ class MultiLabelTask(Task):
     def predict_command(self, run_dir: str, text: str | None, text_pair: str | None, input_file: str | None,
                         output_file: str | None, top: int) -> int:
         """``tuneforge predict`` of a multilabel run: the labels over their thresholds and every probability."""
-        from tuneforge.core.data.io import SOURCE_ROW, read_table, write_table
-
         predictor = MultiLabelPredictor(run_dir)
         names = predictor.label_names
         if text is not None:
@@ -158,8 +153,6 @@ class MultiLabelTask(Task):
 
     def eval_command(self, run_dir: str, data_file: str) -> int:
         """``tuneforge eval`` of a multilabel run on a labelled file, at the run's thresholds."""
-        from tuneforge.core.data.multilabel import read_multilabel_split
-        from tuneforge.core.evaluate.multilabel import write_multilabel_evaluation
 
         predictor = MultiLabelPredictor(run_dir)
         path = Path(data_file)
@@ -189,8 +182,6 @@ class MultiLabelPredictor:
     """A multilabel run's model, tokenizer and thresholds; probabilities are per-label sigmoids."""
 
     def __init__(self, run_dir: str | Path, batch_size: int = 64) -> None:
-        from tuneforge.core.evaluate.multilabel import load_thresholds
-        from tuneforge.core.tasks.predictor import Predictor
 
         self._predictor = Predictor(run_dir, batch_size)
         self.recipe = self._predictor.recipe
@@ -200,8 +191,6 @@ class MultiLabelPredictor:
         self.thresholds_source = str(stored) if stored.is_file() else "the default 0.5"
 
     def probabilities(self, texts: list[str], text_pairs: list[str] | None = None) -> np.ndarray:
-        from tuneforge.core.data.batching import EncodedSplit
-        from tuneforge.core.evaluate.inference import predict_probabilities
 
         inner = self._predictor
         encoded = inner.tokenizer(texts, text_pairs, truncation=True, max_length=self.recipe.data.max_length,

@@ -27,6 +27,22 @@ from tuneforge.core.data.multitask import (MultiTaskEncoded, MultiTaskSplit, epo
 from tuneforge.base.errors import UserError
 from tuneforge.core.tasks.base import Task
 from tuneforge.core.tasks.multitask_model import HeadSpec, MultiTaskModel
+from tuneforge.core.tasks.multilabel import MultiLabelLoss
+from tuneforge.core.evaluate import classification_metrics, write_evaluation
+from tuneforge.core.evaluate.multilabel import multilabel_metrics, write_multilabel_evaluation
+from tuneforge.base.models import load_tokenizer, resolve_model
+from tuneforge.base.quiet import quiet_transformers
+from tuneforge.core.tasks.classification import DROPOUT_KEYS
+from tuneforge.core.data.encode_cache import encode_split_cached
+from tuneforge.base.tables import SOURCE_ROW, read_table, write_table
+from tuneforge.base.recipe import DataConfig
+from tuneforge.core.data.splits import read_split, to_split
+from tuneforge.core.data.multilabel import read_multilabel_split
+from tuneforge.core.evaluate.inference import predict_probabilities
+from tuneforge.core.methods import method_spec
+from tuneforge.core.recipe import load_run_recipe
+from tuneforge.base.runfolder import refuse_pickle_weights
+from tuneforge.core.data.batching import EncodedSplit, iterate_batches, sorted_batches
 
 MULTITASK_METHODS = ("full", "freeze", "lora")
 MULTI_LABEL_THRESHOLD = 0.5
@@ -74,14 +90,10 @@ class MultiTaskLoss(nn.Module):
 
 def plain_loss(head: HeadSpec) -> nn.Module:
     """One head's unweighted validation loss (labels as its task view gives them: class ids or multi-hot rows)."""
-    from tuneforge.core.tasks.multilabel import MultiLabelLoss
-
     return nn.CrossEntropyLoss() if head.type == "single_label" else MultiLabelLoss()
 
 
 def head_metrics(head: HeadSpec, gold: np.ndarray, probabilities: np.ndarray, per_class: bool = False) -> dict[str, Any]:
-    from tuneforge.core.evaluate import classification_metrics
-    from tuneforge.core.evaluate.multilabel import multilabel_metrics
 
     if head.type == "single_label":
         return classification_metrics(gold, probabilities, head.labels, per_class=per_class)
@@ -131,8 +143,6 @@ class MultiTaskTask(Task):
     def load_model(self, recipe: Recipe, label_names: list[str]):
         from transformers import AutoConfig, AutoModel
 
-        from tuneforge.base.models import load_tokenizer, quiet_transformers, resolve_model
-        from tuneforge.core.engine.loop import DROPOUT_KEYS
 
         source = resolve_model(recipe.model)
         config = AutoConfig.from_pretrained(source)
@@ -150,8 +160,6 @@ class MultiTaskTask(Task):
         return tokenizer, model
 
     def encode(self, preprocessor, split: MultiTaskSplit, recipe: Recipe, training: bool) -> MultiTaskEncoded:
-        from tuneforge.core.data.encode_cache import encode_split_cached
-
         # Label columns per example: 1 (a class id), or the multi-hot row's length (the task's label count).
         widths = [len(part.labels[0]) if spec.type == "multi_label" and part else 1
                   for spec, part in zip(recipe.tasks, split.parts)]
@@ -185,8 +193,6 @@ class MultiTaskTask(Task):
 
     def after_training(self, recipe: Recipe, data, result, run_dir: Path, log) -> dict[str, Any]:
         """Evaluate every task that has a test split into ``eval/test/<task>/``."""
-        from tuneforge.core.evaluate import write_evaluation
-        from tuneforge.core.evaluate.multilabel import write_multilabel_evaluation
 
         if data.test is None:
             return {}
@@ -231,8 +237,6 @@ class MultiTaskTask(Task):
                         output_file: str | None, top: int) -> int:
         """Every task's label per row: ``<task>_label`` and ``<task>_probabilities`` (+ ``<task>_confidence`` for
         single-label heads; multi-label heads give the list of labels at probability >= 0.5)."""
-        from tuneforge.core.data.io import SOURCE_ROW, read_table, write_table
-
         predictor = MultiTaskPredictor(run_dir)
         if text is not None:
             if not text.strip():
@@ -278,9 +282,6 @@ class MultiTaskTask(Task):
 
     def eval_command(self, run_dir: str, data_file: str) -> int:
         """Evaluate every task whose label column is in the file into ``eval/<file stem>/<task>/``."""
-        from tuneforge.core.data.io import SOURCE_ROW, read_table
-        from tuneforge.core.evaluate import write_evaluation
-        from tuneforge.core.evaluate.multilabel import write_multilabel_evaluation
 
         predictor = MultiTaskPredictor(run_dir)
         path = Path(data_file)
@@ -328,21 +329,16 @@ def format_label(head: HeadSpec, probabilities: np.ndarray, as_list: bool = Fals
 
 def read_head_split(path: Path, head: HeadSpec):
     """A labelled file as one head's split (its columns, its label names)."""
-    from tuneforge.base.recipe import DataConfig
-    from tuneforge.core.data.examples import _read_split, _to_split
-    from tuneforge.core.data.multilabel import read_multilabel_split
 
     config = DataConfig(train=path, text_column=head.text_column, text_pair_column=head.text_pair_column,
                         label_column=head.label_column, label_delimiter=head.label_delimiter)
     if head.type == "multi_label":
         return read_multilabel_split(path, config, "eval", head.labels)[0]
-    frame, _ = _read_split(path, config, "eval")
-    return _to_split(frame, path, config, path.stem, {name: i for i, name in enumerate(head.labels)})
+    frame, _ = read_split(path, config, "eval")
+    return to_split(frame, path, config, path.stem, {name: i for i, name in enumerate(head.labels)})
 
 
 def _probabilities(model, view, head: HeadSpec, batch_size: int, pad_id: int, device, autocast_dtype, before_batch):
-    from tuneforge.core.evaluate.inference import predict_probabilities
-
     if len(view) == 0:
         return np.zeros((0, len(head.labels)), dtype=np.float32), None
     return predict_probabilities(model, view, batch_size, pad_id, device, plain_loss(head), autocast_dtype,
@@ -356,9 +352,6 @@ class MultiTaskPredictor:
     def __init__(self, run_dir: str | Path, batch_size: int = 64) -> None:
         from transformers import AutoTokenizer
 
-        from tuneforge.core.methods import method_spec
-        from tuneforge.core.tasks.predictor import load_run_recipe
-        from tuneforge.core.engine.checkpoint import refuse_pickle_weights
 
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
@@ -368,7 +361,8 @@ class MultiTaskPredictor:
         if not (model_dir / "config.json").is_file():
             raise UserError(f"{run_dir}: has no trained model (model/ is missing; did the run finish? see run.json)")
         refuse_pickle_weights(model_dir, allow_pickle=os.environ.get("TUNEFORGE_ALLOW_PICKLE") == "1")
-        self.model: MultiTaskModel = method_spec(recipe.method.name).load(run_dir, recipe.method).eval()
+        self.model: MultiTaskModel = method_spec(recipe.method.name).load(run_dir, recipe.method,
+                                                                          load_multitask_model).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.heads = self.model.head_specs
         self.batch_size = batch_size
@@ -383,8 +377,6 @@ class MultiTaskPredictor:
     def probabilities(self, columns: dict[str, list[str]], only: list[str] | None = None) -> dict[str, np.ndarray]:
         """Each head's probabilities (softmax, or sigmoid for multi-label heads) for the rows of ``columns``
         (column name -> texts); heads reading the same columns share one encoder pass."""
-        from tuneforge.core.data.batching import EncodedSplit, iterate_batches, sorted_batches
-
         wanted = [head for head in self.heads if only is None or head.name in only]
         result: dict[str, np.ndarray] = {}
         groups: dict[tuple[str, str | None], list[HeadSpec]] = {}

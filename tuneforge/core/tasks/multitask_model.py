@@ -19,6 +19,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
+from tuneforge.base.errors import UserError
+from tuneforge.base.quiet import quiet_transformers
 
 HEADS_FILE = "heads.safetensors"
 SPEC_FILE = "multitask.json"
@@ -151,8 +153,6 @@ def is_multitask_folder(folder: str | Path) -> bool:
 
 def read_head_specs(folder: str | Path) -> tuple[dict[str, Any], list[HeadSpec]]:
     """``multitask.json`` of a saved model folder and its heads."""
-    from tuneforge.base.errors import UserError
-
     path = Path(folder) / SPEC_FILE
     description = json.loads(path.read_text(encoding="utf-8"))
     if description.get("format") != FORMAT:
@@ -164,8 +164,6 @@ def load_multitask_model(folder: str | Path) -> MultiTaskModel:
     """The saved model of a multitask run, from its folder alone, in eval mode."""
     from safetensors.torch import load_file
     from transformers import AutoModel
-
-    from tuneforge.base.models import quiet_transformers
 
     folder = Path(folder)
     description, heads = read_head_specs(folder)

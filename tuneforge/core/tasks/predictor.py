@@ -7,20 +7,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from tuneforge.base.recipe import Recipe, validate_recipe
+from tuneforge.base.recipe import Recipe
+from tuneforge.core.recipe import load_run_recipe
 from tuneforge.core.data.batching import EncodedSplit
 from tuneforge.base.errors import UserError
 from tuneforge.core.evaluate.inference import predict_probabilities
-
-
-def load_run_recipe(run_dir: Path) -> Recipe:
-    """The resolved recipe a run was trained with."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run_dir}: not a tuneforge run folder (no config.yaml); pass the folder `tuneforge train` wrote")
-    return validate_recipe(yaml.safe_load(path.read_text(encoding="utf-8")), source=path)
+from tuneforge.core.methods import method_spec
+from tuneforge.base.runfolder import refuse_pickle_weights
 
 
 class Predictor:
@@ -34,8 +28,6 @@ class Predictor:
         import torch
         from transformers import AutoTokenizer
 
-        from tuneforge.core.methods import method_spec
-
         self.run_dir = Path(run_dir)
         if not self.run_dir.is_dir():
             raise UserError(f"{self.run_dir}: run folder not found")
@@ -44,7 +36,6 @@ class Predictor:
         if not model_dir.is_dir():
             raise UserError(f"{self.run_dir}: has no trained model (model/ is missing; did the run finish? "
                             "see run.json)")
-        from tuneforge.core.engine.checkpoint import refuse_pickle_weights
 
         for folder in (model_dir, self.run_dir / "adapter"):  # pickled weights can run code when loaded
             refuse_pickle_weights(folder, allow_pickle=os.environ.get("TUNEFORGE_ALLOW_PICKLE") == "1")

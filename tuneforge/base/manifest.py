@@ -19,7 +19,10 @@ from typing import Any
 
 import yaml
 
-from tuneforge.base.runfolder import write_json_atomic
+from tuneforge import __version__
+from tuneforge.base.atomic import write_json_atomic
+from tuneforge.base.machine import cpu_model, git_commit, library_versions
+from tuneforge.base.tables import read_table
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -44,8 +47,6 @@ def count_rows(path: Path) -> int | None:
     if not Path(path).is_file():
         return None
     try:
-        from tuneforge.core.data.io import read_table
-
         return int(len(read_table(path)))
     except Exception:  # noqa: BLE001 - a manifest never fails a run; the data was already validated
         return None
@@ -66,9 +67,7 @@ def data_files(recipe) -> dict[str, dict[str, Any]]:
 
 
 def platform_facts() -> dict[str, Any]:
-    import torch
-
-    from tuneforge.apps.doctor.checks import cpu_model
+    import torch  # the manifest records torch's threads and GPU; base itself does not need torch
 
     facts = {"python": platform.python_version(), "system": f"{platform.system()} {platform.release()}",
              "machine": platform.machine(), "cpu": cpu_model(), "logical_cores": os.cpu_count(),
@@ -83,9 +82,6 @@ def start_manifest(run_dir: Path, recipe, recipe_path: str | Path | None, overri
                    resume: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``run_dir/manifest.json`` at the start of a run; on a resume, keep the first start's record and
     add the resume (``resume``: the facts :func:`tuneforge.core.engine.resume.resume_facts` returns)."""
-    from tuneforge import __version__
-    from tuneforge.apps.doctor.checks import git_commit, library_versions
-
     path = Path(run_dir) / MANIFEST_NAME
     now = datetime.now().isoformat(timespec="seconds")
     if resume and path.is_file():
