@@ -1,9 +1,11 @@
-"""Self-contained HTML reports: ``report.html`` of a run folder and ``data_report.html`` of ``data inspect``.
+"""Self-contained HTML reports: ``report.html`` of a run folder, and the HTML building blocks they share.
 
 One file each, with the CSS inline and every image a ``data:`` URI, so it opens from disk, from an
 e-mail attachment or an artefact store, with no network. The run report reads only the run folder's
 files (config.yaml, run.json, labels.json, metrics.jsonl, eval/<name>/...), so it can be rebuilt at any
-time with ``tuneforge report RUN_DIR``, also for a failed or interrupted run.
+time with ``tuneforge report RUN_DIR``, also for a failed or interrupted run. ``data_report.html`` of
+``tuneforge data inspect`` is rendered by :mod:`tuneforge.apps.datatools.inspect` with the building
+blocks below (:func:`page`, :func:`section`, :func:`table`, ...).
 """
 
 from __future__ import annotations
@@ -42,10 +44,12 @@ img{max-width:100%;height:auto;display:block;margin:6px 0}
 
 
 def esc(value: Any) -> str:
+    """``str(value)`` escaped for HTML text and attribute values."""
     return html.escape(str(value), quote=True)
 
 
 def fmt(value: Any, digits: int = 4) -> str:
+    """A cell value as a person reads it: '–' for None, yes/no, ``digits`` decimals, thousands separators."""
     if value is None:
         return "–"
     if isinstance(value, bool):
@@ -59,6 +63,7 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 def table(headers: list[str], rows: list[list[Any]], numeric: set[int] | None = None,
           row_class: list[str] | None = None) -> str:
+    """An HTML table; columns in ``numeric`` are right-aligned, ``row_class[r]`` is row r's CSS class."""
     numeric = numeric or set()
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = []
@@ -71,19 +76,23 @@ def table(headers: list[str], rows: list[list[Any]], numeric: set[int] | None = 
 
 
 def cards(items: list[tuple[str, Any]]) -> str:
+    """A row of headline figures, one card per (name, value)."""
     return '<div class="cards">' + "".join(
         f'<div class="card"><b>{esc(fmt(value))}</b><span>{esc(name)}</span></div>' for name, value in items) + "</div>"
 
 
 def image_uri(png: bytes) -> str:
+    """A PNG as a ``data:`` URI, so the page needs no file next to it."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def img(png: bytes, alt: str) -> str:
+    """An ``<img>`` element embedding ``png``."""
     return f'<img alt="{esc(alt)}" src="{image_uri(png)}">'
 
 
 def figure_png(figure) -> bytes:
+    """A matplotlib figure as PNG bytes; the figure is closed."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -92,7 +101,8 @@ def figure_png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def _pyplot():
+def agg_pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display needed); imported on first use, as it is slow."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,10 +112,12 @@ def _pyplot():
 
 
 def section(section_id: str, title: str, body: str) -> str:
+    """A titled ``<section>`` of a report page."""
     return f'<section id="{esc(section_id)}"><h2>{esc(title)}</h2>{body}</section>'
 
 
 def page(title: str, subtitle: str, sections: list[str]) -> str:
+    """A whole HTML document: the CSS inline, a header with ``title`` and ``subtitle``, then ``sections``."""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
@@ -139,7 +151,7 @@ def curves_png(steps: list[dict], epochs: list[dict]) -> bytes | None:
     """Training loss and learning rate per step, validation metrics per epoch."""
     if not steps and not epochs:
         return None
-    plt = _pyplot()
+    plt = agg_pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     loss_points = [(r["step"], r["loss"]) for r in steps if "loss" in r]
     if loss_points:
@@ -312,92 +324,3 @@ def write_run_report(run_dir: str | Path) -> Path:
     path = Path(run_dir) / "report.html"
     path.write_text(render_run_report(run_dir), encoding="utf-8")
     return path
-
-
-# ----------------------------------------------------------------------------- the data report
-
-
-def _bar_png(names: list[str], values: list[int], title: str, xlabel: str) -> bytes:
-    plt = _pyplot()
-    height = min(max(2.5, 0.22 * len(names) + 1.2), 24)
-    figure, axes = plt.subplots(figsize=(9, height))
-    axes.barh(range(len(names)), values, color="#3c6ea8")
-    axes.set_yticks(range(len(names)), labels=names, fontsize=8 if len(names) > 20 else 10)
-    axes.margins(y=0.01)
-    axes.invert_yaxis()
-    axes.set_title(title)
-    axes.set_xlabel(xlabel)
-    axes.grid(axis="x", alpha=0.3)
-    figure.tight_layout()
-    return figure_png(figure)
-
-
-def _histogram_png(lengths: dict[str, Any]) -> bytes:
-    plt = _pyplot()
-    edges, counts = lengths["histogram"]["edges"], lengths["histogram"]["counts"]
-    figure, axes = plt.subplots(figsize=(9, 3.2))
-    axes.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges[:-1], edges[1:])], align="edge",
-             color="#3c6ea8", edgecolor="white")
-    axes.axvline(lengths["max_length"], color="#d62728", linestyle="--", label=f"max_length {lengths['max_length']}")
-    axes.set_xlabel("tokens per example")
-    axes.set_ylabel("rows")
-    axes.set_title("Text length in tokens")
-    axes.legend()
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    return figure_png(figure)
-
-
-def _examples_table(examples: list[dict[str, Any]]) -> str:
-    if not examples:
-        return "<p>None.</p>"
-    return table(["text", "rows", "labels", "size"],
-                 [[" | ".join(e.get("texts") or [e["text"]]), ", ".join(map(str, e["rows"][:10])),
-                   ", ".join(map(str, e["labels"][:10])), e["size"]] for e in examples], numeric={3})
-
-
-def render_data_report(report: dict[str, Any]) -> str:
-    """The HTML of a ``tuneforge data inspect`` report."""
-    from tuneforge.apps.datatools.inspect import summary_lines
-
-    sections = [section("summary", "Summary", "<pre>" + esc("\n".join(summary_lines(report))) + "</pre>")]
-    labels = report["labels"]
-    if labels["count"]:
-        distribution = sorted(labels["distribution"].items(), key=lambda kv: -kv[1])
-        body = cards([("labels", labels["count"]), ("imbalance ratio", round(labels["imbalance_ratio"], 2)),
-                      ("rows without label", labels["missing"])])
-        body += img(_bar_png([k for k, _ in distribution], [v for _, v in distribution], "Rows per label", "rows"),
-                    "label distribution")
-        sections.append(section("labels", "Label distribution", body))
-    lengths = report.get("lengths")
-    if lengths:
-        body = cards([("median tokens", lengths["median"]), ("p95", lengths["p95"]), ("max", lengths["max"]),
-                      (f"rows over max_length {lengths['max_length']}", lengths["over_max_length"])])
-        body += img(_histogram_png(lengths), "length histogram")
-        if lengths["over_max_length_rows"]:
-            body += f"<p class=\"muted\">rows over max_length: {esc(', '.join(map(str, lengths['over_max_length_rows'])))}</p>"
-        sections.append(section("lengths", "Text length", body))
-    empty = report["empty"]
-    sections.append(section("empty", "Empty rows", f"<p>{empty['count']} empty or whitespace-only text(s)"
-                            + (f": rows {esc(', '.join(map(str, empty['rows'])))}" if empty["count"] else "") + "</p>"))
-    exact, near = report["exact_duplicates"], report["near_duplicates"]
-    sections.append(section("duplicates", "Duplicates",
-                            f"<p>{exact['rows']} exact duplicate row(s) in {exact['groups']} group(s).</p>"
-                            + _examples_table(exact["examples"])
-                            + f"<h3>Near-duplicates</h3><p>{near['rows']} row(s) in {near['groups']} group(s): "
-                              f"{esc(near['definition'])}.</p>" + _examples_table(near["examples"])))
-    conflicts = report["conflicting_labels"]
-    sections.append(section("conflicts", "Conflicting labels",
-                            f"<p>{conflicts['groups']} text(s) appear with more than one label ({conflicts['rows']} "
-                            "rows).</p>" + _examples_table(conflicts["examples"])))
-    against = report.get("against")
-    if against:
-        body = cards([("test rows", against["test_rows"]), ("also in train", against["normalised"]),
-                      ("exactly", against["exact"]), ("with another label", against.get("different_label", "–"))])
-        body += table(["test row", "train row", "text", "exact"],
-                      [[e["test_row"], e["train_row"], e["text"], e["exact"]] for e in against["examples"]],
-                      numeric={0, 1})
-        sections.append(section("leakage", f"Leakage: {Path(against['file']).name} rows found in "
-                                           f"{Path(report['file']).name}", body))
-    return page(f"tuneforge data report: {Path(report['file']).name}", f"{report['rows']:,} rows · {report['file']}",
-                sections)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from tuneforge.base.errors import UserError, did_you_mean
 from tuneforge.base.gguf_cache import converted_folder
-from tuneforge.base.quiet import quiet_transformers
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path

@@ -10,37 +10,54 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from tuneforge import __version__
-from tuneforge.base.recipe import dump_recipe
+from tuneforge.apps.compare import compare, parse_methods, table_markdown
+from tuneforge.apps.datatools.clean import clean_file
+from tuneforge.apps.datatools.inspect import inspect_file, write_report
+from tuneforge.apps.datatools.inspect import summary_lines as data_summary_lines
+from tuneforge.apps.datatools.noise import find_noise
+from tuneforge.apps.doctor.checks import run_doctor
+from tuneforge.apps.export.pipeline import export_run
+from tuneforge.apps.export.pipeline import summary_lines as export_summary_lines
+from tuneforge.apps.export.serve import Limits, serve
+from tuneforge.apps.generate import generate_from_run
+from tuneforge.apps.plan import format_plan, make_plan
+from tuneforge.apps.report import write_run_report
+from tuneforge.apps.runs import format_table, read_runs, sort_runs
+from tuneforge.apps.search.report import write_search_report
+from tuneforge.apps.search.study import prepare_search, run_search
 from tuneforge.base.errors import UserError
+from tuneforge.base.manifest import start_manifest
+from tuneforge.base.models import describe_aliases
+from tuneforge.base.recipe import dump_recipe
+from tuneforge.base.runfolder import RunStatus
+from tuneforge.base.tables import SOURCE_ROW, read_table, write_table
+from tuneforge.core.data.splits import read_split, to_split
+from tuneforge.core.engine.checkpoint import StopRequest, TrainingInterrupted, explain_out_of_memory, find_resumable
+from tuneforge.core.engine.distributed import distributed
+from tuneforge.core.engine.loop import train
+from tuneforge.core.engine.resume import check_resumable, create_run_dir, resume_facts
+from tuneforge.core.engine.tracking import check_report_to
+from tuneforge.core.engine.validate import validate_job
+from tuneforge.core.evaluate import write_evaluation
+from tuneforge.core.evaluate.summary import print_summary
+from tuneforge.core.methods import method_names, method_spec
+from tuneforge.core.recipe import load_recipe, load_run_recipe
+from tuneforge.core.tasks import task_for
+from tuneforge.core.tasks.predictor import Predictor
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def is_generative_recipe(recipe_path: str, overrides: list[str]) -> bool:
-    """Whether the recipe's task is sft, causal-lm or masked-lm (tuneforge.core.engine.generative runs those)."""
-    from tuneforge.base.recipe import GENERATIVE_TASKS
-    from tuneforge.core.recipe import load_recipe
-
-    return load_recipe(recipe_path, overrides).task in GENERATIVE_TASKS
-
-
 def validate_command(recipe_path: str, overrides: list[str]) -> int:
     """``tuneforge validate RECIPE``: the recipe and its data checked in full (no weights loaded), summarised."""
-    from tuneforge.core.engine.validate import validate_job
-
-    if is_generative_recipe(recipe_path, overrides):
-        from tuneforge.core.engine.generative import validate_generative_job
-
-        job = validate_generative_job(recipe_path, overrides)
-        what = f"task {job.recipe.task}"
-    else:
-        job = validate_job(recipe_path, overrides)
-        what = f"{len(job.data.label_names)} labels"
+    job = validate_job(recipe_path, overrides)
     data = job.data
+    what = f"{len(data.label_names)} labels" if data.label_names else f"task {job.recipe.task}"
     print(f"{recipe_path}: valid. {what}; train {len(data.train)}, validation {len(data.validation)}, "
           f"test {len(data.test) if data.test else 0} rows; model {job.recipe.model} "
           f"({job.model_config.model_type}); method {job.recipe.method.name}")
@@ -51,31 +68,15 @@ def validate_command(recipe_path: str, overrides: list[str]) -> int:
 
 def train_command(recipe_path: str | None, overrides: list[str], output: str | None, resume: str | None = None,
                   allow_pickle: bool = False) -> int:
-    from tuneforge.base.runfolder import RunStatus
-    from tuneforge.core.tasks import task_for
-    from tuneforge.core.engine.checkpoint import StopRequest, TrainingInterrupted, explain_out_of_memory, find_resumable
-    from tuneforge.core.engine.distributed import distributed
-    from tuneforge.core.engine.loop import train
-    from tuneforge.core.engine.resume import check_resumable, create_run_dir, resume_facts
-    from tuneforge.core.engine.tracking import check_report_to
-    from tuneforge.core.engine.validate import validate_job
 
     dist = distributed()  # several processes under `accelerate launch`; rank 0 alone writes the run folder
     if resume is not None:
         recipe_path = str(check_resumable(resume, recipe_path, overrides, output))
     elif recipe_path is None:
         raise UserError("train: give a RECIPE.yaml, or --resume RUN_DIR to continue an interrupted run")
-    if is_generative_recipe(recipe_path, overrides):  # task sft / causal-lm / masked-lm: their own loop
-        from tuneforge.core.engine.generative import train_generative_command
-
-        if resume is not None or dist.enabled:
-            raise UserError(f"{'--resume' if resume is not None else 'a distributed launch'} for the generative "
-                            "tasks (sft, causal-lm, masked-lm): not supported yet; their loop writes no "
-                            "checkpoints and runs in one process")
-
-        return train_generative_command(recipe_path, overrides, output, log)
     job = validate_job(recipe_path, overrides)
     recipe, data = job.recipe, job.data
+    task = task_for(recipe.task)
     check_report_to(recipe.train.report_to)
     for note in data.notes:
         log(f"note: {note}")
@@ -92,15 +93,14 @@ def train_command(recipe_path: str | None, overrides: list[str], output: str | N
     log(f"run folder: {run_dir}")
     if resume is None:
         dump_recipe(recipe, run_dir / "config.yaml")
-        (run_dir / "labels.json").write_text(json.dumps(data.label_names, indent=1, ensure_ascii=False),
-                                             encoding="utf-8")
+        if data.label_names:  # a language model has none
+            (run_dir / "labels.json").write_text(json.dumps(data.label_names, indent=1, ensure_ascii=False),
+                                                 encoding="utf-8")
     status = RunStatus(run_dir, name=recipe.name, task=recipe.task, model=recipe.model, method=recipe.method.name,
                        tuneforge_version=__version__, rows={"train": len(data.train), "validation": len(data.validation),
                                                             "test": len(data.test) if data.test else 0},
                        processes=dist.world_size, **resume_facts(run_dir, checkpoint, skipped))
-    status.update(data=data_summary(data, recipe.task))
-    from tuneforge.base.manifest import start_manifest
-
+    status.update(data=task.data_summary(data))
     start_manifest(run_dir, recipe, recipe_path, overrides, resume=status.data if checkpoint is not None else None)
     try:
         with StopRequest(log).installed() as stop:
@@ -108,10 +108,10 @@ def train_command(recipe_path: str | None, overrides: list[str], output: str | N
         status.update(trainable_params=result.trainable_params, total_params=result.total_params,
                       trainable_share=result.trainable_params / result.total_params, best_epoch=result.best_epoch,
                       stopped_early=result.stopped_early, precision=result.runtime.precision_name,
-                      validation={k: v for k, v in result.best_metrics.items()})
+                      validation={k: v for k, v in result.best_metrics.items()}, **result.facts)
         summary = {"validation": result.best_metrics}
-        # [task] evaluate data.test into eval/test (multilabel first tunes and stores its thresholds)
-        summary.update(task_for(recipe.task).after_training(recipe, data, result, run_dir, log))
+        # [task] evaluate data.test into eval/test (multilabel first tunes its thresholds; sft also generates)
+        summary.update(task.after_training(recipe, data, result, run_dir, log))
         if "test" in summary:
             status.update(test={k: v for k, v in summary["test"].items() if k not in ("per_class", "thresholds")})
     except TrainingInterrupted as interrupted:
@@ -127,31 +127,18 @@ def train_command(recipe_path: str | None, overrides: list[str], output: str | N
     except BaseException as exc:
         status.finish("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         write_report_quietly(run_dir)
-        import torch
-
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             raise explain_out_of_memory(exc) from None
         raise
     status.finish("completed")
     write_report_quietly(run_dir)
-    print_summary(run_dir, summary, status.data["minutes"])
+    print(f"\nrun {run_dir} finished in {status.data['minutes']:.1f} min")
+    print("\n".join(task.summary_lines(summary, result.facts)))  # [task] its headline metrics
     return 0
-
-
-def data_summary(data, task: str = "classification") -> dict:
-    """What run.json keeps about the data: label counts per split and the notes (splits, balance, augment)."""
-    from tuneforge.core.tasks import task_for
-
-    splits = {"train": data.train, "validation": data.validation, "test": data.test}
-    counts = {name: task_for(task).label_counts(split, data.label_names)
-              for name, split in splits.items() if split is not None}
-    return {"label_counts": counts, "notes": list(data.notes)}
 
 
 def write_report_quietly(run_dir: Path) -> None:
     """Write report.html; a failure here is logged, never turns a finished run into a failed one."""
-    from tuneforge.apps.report import write_run_report
-
     try:
         path = write_run_report(run_dir)
         log(f"report: {path}")
@@ -161,12 +148,6 @@ def write_report_quietly(run_dir: Path) -> None:
 
 
 def eval_command(run_dir: str, data_file: str) -> int:
-    from tuneforge.core.data.splits import to_split
-    from tuneforge.core.data.splits import read_split
-    from tuneforge.core.evaluate import write_evaluation
-    from tuneforge.core.tasks.predictor import Predictor
-    from tuneforge.core.recipe import load_run_recipe
-    from tuneforge.core.tasks import task_for
 
     task = load_run_recipe(Path(run_dir)).task if Path(run_dir).is_dir() else "classification"
     if task != "classification":  # [task] multilabel and image runs evaluate their own way
@@ -191,10 +172,6 @@ def eval_command(run_dir: str, data_file: str) -> int:
 
 def predict_command(run_dir: str, text: str | None, text_pair: str | None, input_file: str | None,
                     output_file: str | None, top: int) -> int:
-    from tuneforge.base.tables import SOURCE_ROW, read_table, write_table
-    from tuneforge.core.tasks.predictor import Predictor
-    from tuneforge.core.recipe import load_run_recipe
-    from tuneforge.core.tasks import task_for
 
     if (text is None) == (input_file is None):
         raise UserError("predict: give either --text \"...\" or --input FILE --output FILE")
@@ -243,8 +220,6 @@ def predict_command(run_dir: str, text: str | None, text_pair: str | None, input
 
 
 def models_command() -> int:
-    from tuneforge.core.methods import method_names, method_spec
-    from tuneforge.base.models import describe_aliases
 
     print("Model aliases (use as `model:`; a local folder or a hub id also works):")
     for alias, where, description in describe_aliases():
@@ -261,13 +236,9 @@ def models_command() -> int:
 def data_inspect_command(file: str, text_column: str | None, text_pair_column: str | None, label_column: str | None,
                          against: str | None, recipe_path: str | None, model: str | None, max_length: int | None,
                          output: str | None) -> int:
-    from tuneforge.apps.datatools.inspect import inspect_file, summary_lines, write_report
-
     defaults = {"text_column": "text", "text_pair_column": None, "label_column": "label", "model": "minilm",
                 "max_length": 128}
     if recipe_path is not None:
-        from tuneforge.core.recipe import load_recipe
-
         recipe = load_recipe(recipe_path)
         defaults = {"text_column": recipe.data.text_column, "text_pair_column": recipe.data.text_pair_column,
                     "label_column": recipe.data.label_column, "model": recipe.model,
@@ -276,7 +247,7 @@ def data_inspect_command(file: str, text_column: str | None, text_pair_column: s
     report = inspect_file(file, text_column or defaults["text_column"], label_column or defaults["label_column"],
                           text_pair_column or defaults["text_pair_column"], against,
                           None if model == "none" else model, max_length or defaults["max_length"])
-    print("\n".join(summary_lines(report)))
+    print("\n".join(data_summary_lines(report)))
     if output is not None:
         json_path, html_path = write_report(report, output)
         print(f"wrote {json_path} and {html_path}")
@@ -285,8 +256,6 @@ def data_inspect_command(file: str, text_column: str | None, text_pair_column: s
 
 def data_clean_command(file: str, output: str, text_column: str, text_pair_column: str | None, label_column: str,
                        dedupe: str | None, resolve_conflicts: str | None, drop_empty: bool, log_file: str | None) -> int:
-    from tuneforge.apps.datatools.clean import clean_file
-
     result = clean_file(file, output, text_column, label_column, text_pair_column, dedupe, resolve_conflicts,
                         drop_empty, log_file)
     counts = result.counts
@@ -302,9 +271,6 @@ def data_clean_command(file: str, output: str, text_column: str, text_pair_colum
 
 
 def data_noise_command(recipe_path: str, overrides: list[str], folds: int, output: str | None, top: int) -> int:
-    from tuneforge.core.recipe import load_recipe
-    from tuneforge.base.tables import write_table
-    from tuneforge.apps.datatools.noise import find_noise
 
     recipe = load_recipe(recipe_path, overrides)
     target = Path(output) if output else Path(f"{recipe.name}.label_issues.csv")
@@ -326,8 +292,6 @@ def data_noise_command(recipe_path: str, overrides: list[str], folds: int, outpu
 
 
 def report_command(run_dir: str) -> int:
-    from tuneforge.apps.report import write_run_report
-
     path = write_run_report(run_dir)
     print(f"wrote {path}")
     return 0
@@ -335,18 +299,14 @@ def report_command(run_dir: str) -> int:
 
 def export_command(run_dir: str, fmt: str, quantize: str | None, output: str | None, data_file: str | None,
                    min_agreement: float, measure: bool) -> int:
-    from tuneforge.apps.export.pipeline import export_run, summary_lines
-
     out, report = export_run(run_dir, fmt, quantize, output, data_file=data_file, min_agreement=min_agreement,
                              measure=measure, log=log)
-    print("\n".join(summary_lines(out, report)))
+    print("\n".join(export_summary_lines(out, report)))
     return 0
 
 
 def serve_command(path: str, host: str, port: int, max_texts: int, max_text_chars: int, max_batch: int,
                   threads: int | None = None) -> int:
-    from tuneforge.apps.export.serve import Limits, serve
-
     serve(path, host, port, Limits(max_texts=max_texts, max_text_chars=max_text_chars, max_batch=max_batch),
           threads=threads, log=log)
     return 0
@@ -354,8 +314,6 @@ def serve_command(path: str, host: str, port: int, max_texts: int, max_text_char
 
 def compare_command(recipe_path: str, methods: str, overrides: list[str], output: str | None,
                     budget_minutes: float | None, learning_rates: str) -> int:
-    from tuneforge.apps.compare import compare, parse_methods, table_markdown
-
     folder, results = compare(recipe_path, parse_methods(methods), overrides, output, budget_minutes,
                               learning_rates, log=log)
     print(table_markdown(results))
@@ -365,8 +323,6 @@ def compare_command(recipe_path: str, methods: str, overrides: list[str], output
 
 def plan_command(recipe_path: str, overrides: list[str], memory_gb: float | None, minutes: float | None,
                  gpu: str | None, methods: str | None, json_output: str | None) -> int:
-    from tuneforge.apps.compare import parse_methods
-    from tuneforge.apps.plan import format_plan, make_plan
 
     plan = make_plan(recipe_path, overrides, memory_gb, minutes, gpu,
                      methods=parse_methods(methods) if methods else None, log=log)
@@ -380,8 +336,6 @@ def plan_command(recipe_path: str, overrides: list[str], memory_gb: float | None
 def search_command(recipe_path: str, space_path: str, trials: int, storage: str | None, jobs: int, pruner: str,
                    sampler: str, metric: str | None, study_name: str | None, output: str | None,
                    overrides: list[str]) -> int:
-    from tuneforge.apps.search.report import write_search_report
-    from tuneforge.apps.search.study import prepare_search, run_search
 
     spec = prepare_search(recipe_path, space_path, trials, storage, jobs, pruner, sampler, metric, study_name,
                           output, overrides, log=log)
@@ -406,15 +360,11 @@ def search_command(recipe_path: str, space_path: str, trials: int, storage: str 
 
 def generate_command(run_dir: str, prompt: str | None, input_file: str | None, output_file: str | None,
                      max_new_tokens: int | None, temperature: float, top_p: float | None) -> int:
-    from tuneforge.core.engine.generative import generate_command as generate_with_run
-
-    return generate_with_run(run_dir, prompt, input_file, output_file, max_new_tokens, temperature, top_p, log)
+    return generate_from_run(run_dir, prompt, input_file, output_file, max_new_tokens, temperature, top_p, log)
 
 
 def doctor_command(recipe_path: str | None, overrides: list[str], output: str | None, steps: int,
                    json_output: str | None) -> int:
-    from tuneforge.apps.doctor.checks import run_doctor
-
     if steps < 1:
         raise UserError(f"doctor: --steps must be at least 1, got {steps}")
     report = run_doctor(recipe_path, overrides, output, steps=steps, log=print)
@@ -431,8 +381,6 @@ def doctor_command(recipe_path: str | None, overrides: list[str], output: str | 
 
 
 def runs_command(folder: str, sort: str, descending: bool, as_json: bool) -> int:
-    from tuneforge.apps.runs import format_table, read_runs, sort_runs
-
     rows = sort_runs(read_runs(folder), sort, descending)
     if as_json:
         print(json.dumps(rows, indent=2))

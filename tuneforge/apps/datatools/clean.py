@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tuneforge.apps.datatools.inspect import _label_strings, read_labelled, row_keys
+from tuneforge.apps.datatools.inspect import label_strings, read_labelled, row_keys
 from tuneforge.base.tables import SOURCE_ROW, write_table
 from tuneforge.base.errors import UserError
 
@@ -57,7 +57,7 @@ def clean_file(path: str | Path, output: str | Path, text_column: str = "text", 
             raise UserError(f"{target}: already exists; data clean never overwrites a file, choose another --output")
     frame = read_labelled(path, text_column, label_column, text_pair_column)
     raw, norm, empty = row_keys(frame, text_column, text_pair_column)
-    labels = _label_strings(frame[label_column])
+    labels = label_strings(frame[label_column])
     keep = pd.Series(True, index=frame.index)
     new_labels = labels.copy()
     log: list[dict] = []
@@ -132,7 +132,7 @@ def clean_file(path: str | Path, output: str | Path, text_column: str = "text", 
 def _restore_type(original: pd.Series, relabelled: pd.Series) -> pd.Series:
     """Keep the label column's type (ints stay ints) where nothing changed; new labels take the type of a donor."""
     out = original.copy().astype(object)
-    strings = _label_strings(original)
+    strings = label_strings(original)
     changed = relabelled != strings
     if changed.any():
         donors: dict[str, object] = {}

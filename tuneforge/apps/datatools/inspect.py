@@ -19,8 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tuneforge.base.tables import SOURCE_ROW, read_table
 from tuneforge.base.errors import UserError
+from tuneforge.base.models import resolve_model
+from tuneforge.base.quiet import quiet_transformers
+from tuneforge.base.tables import SOURCE_ROW, read_table
+from tuneforge.apps.report import agg_pyplot, cards, esc, figure_png, img, page, section, table
 
 EXAMPLES = 10  # example groups kept per finding in the report
 
@@ -53,7 +56,8 @@ def read_labelled(path: str | Path, text_column: str, label_column: str | None, 
     return frame
 
 
-def _label_strings(values: pd.Series) -> pd.Series:
+def label_strings(values: pd.Series) -> pd.Series:
+    """Labels as stripped strings, '' for a missing one; a float that is a whole number reads as an int (3.0 -> '3')."""
     def one(value: Any) -> str:
         if value is None or (isinstance(value, float) and np.isnan(value)):
             return ""
@@ -97,7 +101,7 @@ def inspect_frame(frame: pd.DataFrame, text_column: str, label_column: str, text
                   tokenizer=None, max_length: int = 128) -> dict[str, Any]:
     """The report of one table (see the module docstring)."""
     n = len(frame)
-    labels = _label_strings(frame[label_column]) if label_column in frame.columns else pd.Series([""] * n, index=frame.index)
+    labels = label_strings(frame[label_column]) if label_column in frame.columns else pd.Series([""] * n, index=frame.index)
     raw, norm, empty = row_keys(frame, text_column, text_pair_column)
     shown_text = frame[text_column].astype(str)
     report: dict[str, Any] = {"rows": int(n), "text_column": text_column, "label_column": label_column,
@@ -172,8 +176,6 @@ def inspect_frame(frame: pd.DataFrame, text_column: str, label_column: str, text
 
 def token_lengths(tokenizer, texts: list[str], pairs: list[str] | None = None, chunk: int = 4096) -> np.ndarray:
     """Tokens per example, special tokens included and nothing truncated."""
-    from tuneforge.base.quiet import quiet_transformers
-
     out: list[int] = []
     with quiet_transformers():  # "sequence longer than the model maximum" is what we measure
         for start in range(0, len(texts), chunk):
@@ -196,9 +198,9 @@ def leakage(train: pd.DataFrame, test: pd.DataFrame, text_column: str, label_col
     first_row = pd.Series(train[SOURCE_ROW].astype(int).values, index=train_norm.values)
     first_row = first_row[~first_row.index.duplicated()]
     if label_column and label_column in train.columns and label_column in test.columns:
-        train_labels = pd.Series(_label_strings(train[label_column]).values, index=train_norm.values)
+        train_labels = pd.Series(label_strings(train[label_column]).values, index=train_norm.values)
         train_labels = train_labels[~train_labels.index.duplicated()]
-        test_labels = _label_strings(test[label_column])
+        test_labels = label_strings(test[label_column])
         other = test_norm[near].map(train_labels)
         result["different_label"] = int((other != test_labels[near]).sum())
     examples = []
@@ -212,8 +214,6 @@ def leakage(train: pd.DataFrame, test: pd.DataFrame, text_column: str, label_col
 
 def load_tokenizer(model: str):
     from transformers import AutoTokenizer
-
-    from tuneforge.base.models import resolve_model
 
     try:
         return AutoTokenizer.from_pretrained(resolve_model(model))
@@ -292,10 +292,96 @@ def _clip(text: str, width: int = 70) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+# ----------------------------------------------------------------------------- data_report.html
+# (built from tuneforge.apps.report's building blocks, so both reports look alike)
+
+
+def _bar_png(names: list[str], values: list[int], title: str, xlabel: str) -> bytes:
+    plt = agg_pyplot()
+    height = min(max(2.5, 0.22 * len(names) + 1.2), 24)
+    figure, axes = plt.subplots(figsize=(9, height))
+    axes.barh(range(len(names)), values, color="#3c6ea8")
+    axes.set_yticks(range(len(names)), labels=names, fontsize=8 if len(names) > 20 else 10)
+    axes.margins(y=0.01)
+    axes.invert_yaxis()
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    return figure_png(figure)
+
+
+def _histogram_png(lengths: dict[str, Any]) -> bytes:
+    plt = agg_pyplot()
+    edges, counts = lengths["histogram"]["edges"], lengths["histogram"]["counts"]
+    figure, axes = plt.subplots(figsize=(9, 3.2))
+    axes.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges[:-1], edges[1:])], align="edge",
+             color="#3c6ea8", edgecolor="white")
+    axes.axvline(lengths["max_length"], color="#d62728", linestyle="--", label=f"max_length {lengths['max_length']}")
+    axes.set_xlabel("tokens per example")
+    axes.set_ylabel("rows")
+    axes.set_title("Text length in tokens")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure_png(figure)
+
+
+def _examples_table(examples: list[dict[str, Any]]) -> str:
+    if not examples:
+        return "<p>None.</p>"
+    return table(["text", "rows", "labels", "size"],
+                 [[" | ".join(e.get("texts") or [e["text"]]), ", ".join(map(str, e["rows"][:10])),
+                   ", ".join(map(str, e["labels"][:10])), e["size"]] for e in examples], numeric={3})
+
+
+def render_data_report(report: dict[str, Any]) -> str:
+    """The HTML of a ``tuneforge data inspect`` report (``data_report.html``)."""
+    sections = [section("summary", "Summary", "<pre>" + esc("\n".join(summary_lines(report))) + "</pre>")]
+    labels = report["labels"]
+    if labels["count"]:
+        distribution = sorted(labels["distribution"].items(), key=lambda kv: -kv[1])
+        body = cards([("labels", labels["count"]), ("imbalance ratio", round(labels["imbalance_ratio"], 2)),
+                      ("rows without label", labels["missing"])])
+        body += img(_bar_png([k for k, _ in distribution], [v for _, v in distribution], "Rows per label", "rows"),
+                    "label distribution")
+        sections.append(section("labels", "Label distribution", body))
+    lengths = report.get("lengths")
+    if lengths:
+        body = cards([("median tokens", lengths["median"]), ("p95", lengths["p95"]), ("max", lengths["max"]),
+                      (f"rows over max_length {lengths['max_length']}", lengths["over_max_length"])])
+        body += img(_histogram_png(lengths), "length histogram")
+        if lengths["over_max_length_rows"]:
+            body += f"<p class=\"muted\">rows over max_length: {esc(', '.join(map(str, lengths['over_max_length_rows'])))}</p>"
+        sections.append(section("lengths", "Text length", body))
+    empty = report["empty"]
+    sections.append(section("empty", "Empty rows", f"<p>{empty['count']} empty or whitespace-only text(s)"
+                            + (f": rows {esc(', '.join(map(str, empty['rows'])))}" if empty["count"] else "") + "</p>"))
+    exact, near = report["exact_duplicates"], report["near_duplicates"]
+    sections.append(section("duplicates", "Duplicates",
+                            f"<p>{exact['rows']} exact duplicate row(s) in {exact['groups']} group(s).</p>"
+                            + _examples_table(exact["examples"])
+                            + f"<h3>Near-duplicates</h3><p>{near['rows']} row(s) in {near['groups']} group(s): "
+                              f"{esc(near['definition'])}.</p>" + _examples_table(near["examples"])))
+    conflicts = report["conflicting_labels"]
+    sections.append(section("conflicts", "Conflicting labels",
+                            f"<p>{conflicts['groups']} text(s) appear with more than one label ({conflicts['rows']} "
+                            "rows).</p>" + _examples_table(conflicts["examples"])))
+    against = report.get("against")
+    if against:
+        body = cards([("test rows", against["test_rows"]), ("also in train", against["normalised"]),
+                      ("exactly", against["exact"]), ("with another label", against.get("different_label", "–"))])
+        body += table(["test row", "train row", "text", "exact"],
+                      [[e["test_row"], e["train_row"], e["text"], e["exact"]] for e in against["examples"]],
+                      numeric={0, 1})
+        sections.append(section("leakage", f"Leakage: {Path(against['file']).name} rows found in "
+                                           f"{Path(report['file']).name}", body))
+    return page(f"tuneforge data report: {Path(report['file']).name}", f"{report['rows']:,} rows · {report['file']}",
+                sections)
+
+
 def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:
     """Write data_report.json and data_report.html into ``folder`` (never over existing files)."""
-    from tuneforge.apps.report import render_data_report
-
     folder = Path(folder)
     paths = (folder / "data_report.json", folder / "data_report.html")
     existing = [str(p) for p in paths if p.exists()]

@@ -24,6 +24,9 @@ import numpy as np
 import pandas as pd
 
 from tuneforge.base.errors import UserError
+from tuneforge.base.models import load_tokenizer, resolve_model
+from tuneforge.base.quiet import quiet_transformers
+from tuneforge.core.data.splits import label_name, read_split, sorted_labels, to_split
 
 
 @dataclass
@@ -47,11 +50,6 @@ class LabelledRows:
 
 def read_recipe_rows(recipe) -> LabelledRows:
     """Every row of the recipe's ``data.train`` file (before any split), checked as training checks it."""
-    from tuneforge.core.data.splits import sorted_labels
-    from tuneforge.core.data.splits import to_split
-    from tuneforge.core.data.splits import read_split
-    from tuneforge.core.data.splits import label_name
-
     config = recipe.data
     frame, _ = read_split(config.train, config, "train")
     names = sorted_labels(sorted({label_name(v) for v in frame[config.label_column].tolist()}))
@@ -68,9 +66,6 @@ def pooled_features(model: str, texts: list[str], pairs: list[str] | None, max_l
 
     import torch
     from transformers import AutoModel
-
-    from tuneforge.base.models import load_tokenizer, resolve_model
-    from tuneforge.base.quiet import quiet_transformers
 
     source = resolve_model(model)
     tokenizer = load_tokenizer(source)

@@ -1,6 +1,6 @@
 """The doctor's preflight for ``task: sft`` and ``causal-lm``: a few optimizer steps of the recipe's language
 model and method on a tiny batch of its own training rows, encoded and batched exactly as
-:mod:`tuneforge.core.engine.generative` does, plus one decoded training example with its loss mask marked, so a
+:class:`tuneforge.core.tasks.generative.LanguageModelTask` does for the training loop, plus one decoded training example with its loss mask marked, so a
 prompt that is trained on (or an answer that is masked away) is seen before the run, not after it.
 
 ``masked-lm`` is not covered: its random token masking makes a before/after loss on one batch meaningless.
@@ -13,7 +13,13 @@ import time
 
 import torch
 
+from tuneforge.apps.doctor.preflight import (GradientWatch, check_gradients, judge_preflight_loss,
+                                             prepare_for_preflight, preflight_runtime)
+from tuneforge.base.errors import UserError
 from tuneforge.core.data.generative import IGNORE_INDEX, EncodedExamples
+from tuneforge.core.engine.optim import build_optimizer
+from tuneforge.core.methods import build_method
+from tuneforge.core.tasks import task_for
 
 PREFLIGHT_TASKS = ("sft", "causal-lm")
 # The decoded example is cut after this many tokens so that a 2048-token row does not flood the terminal.
@@ -79,12 +85,6 @@ def check_example(report, tokenizer, recipe, encoded: EncodedExamples, log) -> N
 def generative_preflight(report, recipe, data, log, steps: int, rows: int) -> None:
     """A few optimizer steps of the recipe's language model and method on its first ``rows`` training rows:
     finite, falling loss; non-zero gradients for every trainable tensor and none for frozen ones."""
-    from tuneforge.apps.doctor.checks import (GradientWatch, check_gradients, judge_preflight_loss, prepare_for_preflight,
-                                  preflight_runtime)
-    from tuneforge.base.errors import UserError
-    from tuneforge.core.methods import build_method
-    from tuneforge.core.engine.generative import Batches, encode_for_task, load_generative_model
-    from tuneforge.core.engine.optim import build_optimizer
 
     started = time.perf_counter()
     if recipe.task not in PREFLIGHT_TASKS:
@@ -95,16 +95,16 @@ def generative_preflight(report, recipe, data, log, steps: int, rows: int) -> No
     if runtime is None:
         return
     device = runtime.device
-    tokenizer, model = load_generative_model(recipe)
+    task = task_for(recipe.task)
+    tokenizer, model = task.load_model(recipe, [])  # as in training: no key/value cache
     method = build_method(recipe.method)
-    model.config.use_cache = False  # as in training: no key/value cache, and gradient checkpointing needs it off
     model = prepare_for_preflight(recipe, method, model, device, report, log)
     if model is None:
         return
 
     split = data.train.subset(list(range(min(rows, len(data.train)))), "preflight")
     try:
-        encoded = encode_for_task(recipe, tokenizer, split)
+        encoded = task.encode(tokenizer, split, recipe, training=True)
     except UserError as error:
         report.add("fail", "data", f"cannot encode the training rows: {error}", "fix the key the message names",
                    log=log)
@@ -115,7 +115,7 @@ def generative_preflight(report, recipe, data, log, steps: int, rows: int) -> No
         return
     check_example(report, tokenizer, recipe, encoded, log)
     indices = list(range(len(encoded)))
-    batch = {key: value.to(device) for key, value in Batches(recipe, tokenizer).make(encoded, indices).items()}
+    batch = {key: value.to(device) for key, value in next(task.batches(encoded, [indices], tokenizer.pad_token_id)).items()}
     autocast = dict(device_type=device.type, dtype=runtime.autocast_dtype, enabled=runtime.autocast_dtype is not None)
 
     def evaluation_loss() -> float:

@@ -73,7 +73,7 @@ def benchmark(variants: dict, texts: list[str], pairs: list[str] | None, setting
 
 def labelled_accuracy(classifier, texts: list[str], pairs: list[str] | None, gold: list[int]) -> dict:
     """accuracy and macro F1 of ``classifier`` on a labelled split."""
-    from tuneforge.core.evaluate import classification_metrics
+    from tuneforge.core.evaluate import classification_metrics  # lazy: scikit-learn, ~2 s; serve imports this
 
     metrics = classification_metrics(np.array(gold), classifier.probabilities(texts, pairs), classifier.label_names,
                                      per_class=False)

@@ -21,14 +21,20 @@ from typing import Callable
 import numpy as np
 
 from tuneforge import __version__
+from tuneforge.base.atomic import write_json_atomic
 from tuneforge.base.errors import UserError
+from tuneforge.base.integrity import IntegrityError, export_failure_message, gate_export
+from tuneforge.base.tables import read_table
+from tuneforge.core.data.examples import load_classification_data
+from tuneforge.core.data.splits import read_split, to_split
+from tuneforge.core.recipe import load_run_recipe
 from tuneforge.apps.export.latency import BenchSettings, benchmark, labelled_accuracy, size_bytes
 from tuneforge.apps.export.parity import MIN_AGREEMENT, ParityError, check_parity, failure_message
 from tuneforge.apps.export.runtime import (FORMATS, MODEL_FILES, REPORT_NAME, OnnxBackend, TextClassifier,
-                                      TorchScriptBackend, check_run_task, cpu_threads, load_classifier,
-                                      unsupported_task)
-from tuneforge.base.integrity import IntegrityError, export_failure_message, gate_export
-from tuneforge.base.atomic import write_json_atomic
+                                           TorchScriptBackend, check_run_task, cpu_threads, load_classifier,
+                                           unsupported_task)
+# the exporters as modules, not names: looked up at call time, so a test can replace one (a broken exporter)
+from tuneforge.apps.export import onnx as onnx_export, quantize as quantization, torchscript as torchscript_export
 
 QUANTIZATIONS = ("int8",)
 PARITY_ROWS = 512
@@ -40,8 +46,6 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
                log: Callable[[str], None] = lambda message: None) -> tuple[Path, dict]:
     """Export ``run_dir``; return the export folder and the report. Raises ParityError (after writing the
     report) when the exported model disagrees with the run's model on too many validation rows."""
-    from tuneforge.core.recipe import load_run_recipe
-
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
         raise UserError(f"export: unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
@@ -87,26 +91,19 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
         before_file = None
         log(f"writing {fmt}{' int8' if quantize else ''} model to {out}")
         if fmt == "onnx":
-            from tuneforge.apps.export.onnx import export_onnx
-
             fp32_file = scratch / "model-fp32.onnx" if quantize else model_file
-            export_onnx(model, example, input_names, fp32_file)
+            onnx_export.export_onnx(model, example, input_names, fp32_file)
             if quantize:
-                from tuneforge.apps.export.quantize import quantize_onnx
-
-                quantize_onnx(fp32_file, model_file)
+                quantization.quantize_onnx(fp32_file, model_file)
                 before_file = fp32_file
         elif fmt == "torchscript":
-            from tuneforge.apps.export.torchscript import export_torchscript
-
             if quantize:
-                from tuneforge.apps.export.quantize import quantize_torch
-
                 before_file = scratch / "model-fp32.pt"
-                export_torchscript(model, example, input_names, before_file)
-                export_torchscript(quantize_torch(model), example, input_names, model_file)
+                torchscript_export.export_torchscript(model, example, input_names, before_file)
+                torchscript_export.export_torchscript(quantization.quantize_torch(model), example, input_names,
+                                                      model_file)
             else:
-                export_torchscript(model, example, input_names, model_file)
+                torchscript_export.export_torchscript(model, example, input_names, model_file)
         else:
             model.save_pretrained(out, safe_serialization=True)
         _save_tokenizer(tokenizer, out, reference.encoder.max_length)
@@ -189,8 +186,6 @@ def load_parity_rows(recipe, data_file: str | Path | None, limit: int) -> tuple[
     """A reproducible sample of the run's validation split (recomputed from the recipe), or of ``data_file``."""
     data = recipe.data
     if data_file is not None:
-        from tuneforge.base.tables import read_table
-
         path = Path(data_file)
         frame = read_table(path)
         for column in [data.text_column] + ([data.text_pair_column] if data.text_pair_column else []):
@@ -201,8 +196,6 @@ def load_parity_rows(recipe, data_file: str | Path | None, limit: int) -> tuple[
         pairs = frame[data.text_pair_column].astype(str).tolist() if data.text_pair_column else None
         description = str(path)
     else:
-        from tuneforge.core.data.examples import load_classification_data
-
         try:
             validation = load_classification_data(data, recipe.train.seed).validation
         except UserError as error:
@@ -226,8 +219,6 @@ def labelled_validation_rows(recipe, label_names: list[str], limit: int):
     """(texts, pairs, label indices in ``label_names``) of the run's validation split, sampled as
     :func:`load_parity_rows` samples it; None when the validation data cannot be read (the gate then checks
     predictions only)."""
-    from tuneforge.core.data.examples import load_classification_data
-
     try:
         data = load_classification_data(recipe.data, recipe.train.seed)
     except UserError:
@@ -315,9 +306,6 @@ def _measure(variants: dict[str, TextClassifier], sizes: dict[str, int], recipe,
 
 
 def load_test_split(recipe, label_names: list[str]):
-    from tuneforge.core.data.splits import to_split
-    from tuneforge.core.data.splits import read_split
-
     path = recipe.data.test
     if path is None or not Path(path).is_file():
         return None

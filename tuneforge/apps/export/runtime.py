@@ -211,7 +211,7 @@ def check_run_task(run_dir: Path) -> None:
 
 def _load_run(run_dir: Path, threads: int | None) -> TextClassifier:
     """The run's model as :class:`tuneforge.core.tasks.predictor.Predictor` loads it (whatever the method's layout)."""
-    from tuneforge.core.tasks.predictor import Predictor
+    from tuneforge.core.tasks.predictor import Predictor  # lazy: transformers+sklearn, ~3 s; exports never need it
 
     check_run_task(run_dir)
     predictor = Predictor(run_dir)

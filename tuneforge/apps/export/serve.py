@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tuneforge.base.errors import UserError
+from tuneforge.apps.export.runtime import load_classifier
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -251,8 +252,6 @@ def serve(path: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
           threads: int | None = None, log=lambda message: print(message, file=sys.stderr, flush=True)) -> None:
     """Load ``path`` (run or export folder) and serve it until interrupted."""
     import uvicorn
-
-    from tuneforge.apps.export.runtime import load_classifier
 
     if not 1 <= port <= 65535:
         raise UserError(f"serve: --port must be 1-65535, got {port}")

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tuneforge.apps.export.onnx import logits_module
+
 
 def export_torchscript(model, example: dict[str, np.ndarray], input_names: list[str], path: Path) -> None:
     import torch
-
-    from tuneforge.apps.export.onnx import logits_module
 
     wrapped = logits_module(model, input_names)
     args = tuple(torch.from_numpy(example[name]) for name in input_names)

@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
+from tuneforge.core.recipe import load_recipe
 from tuneforge.apps.search.space import override_item
-from tuneforge.apps.search.study import SearchSpec, open_study
+from tuneforge.apps.search.study import HEARTBEAT_GRACE_S, SearchSpec, open_study
 
 
 @dataclass
@@ -81,7 +82,7 @@ def write_search_report(spec: SearchSpec) -> SearchSummary:
     if counts["running"]:
         summary.notes.append(f"{counts['running']} trial(s) still marked running: other workers, or workers that "
                              f"were killed (Optuna marks those failed once their heartbeat is older than "
-                             f"{_grace()} s)")
+                             f"{HEARTBEAT_GRACE_S} s)")
     summary.importances = write_importance(study, folder, summary.notes)
     (folder / "trials.md").write_text(_markdown_table(frame), encoding="utf-8")
     (folder / "search.md").write_text(_summary_markdown(spec, summary, frame), encoding="utf-8")
@@ -90,8 +91,6 @@ def write_search_report(spec: SearchSpec) -> SearchSummary:
 
 def write_best_recipe(spec: SearchSpec, best, path: Path) -> None:
     """The recipe the best trial trained with, every default filled in, with a comment saying where it came from."""
-    from tuneforge.core.recipe import load_recipe
-
     overrides = [*spec.overrides, *(override_item(key, value) for key, value in best.params.items())]
     recipe = load_recipe(spec.recipe, overrides)
     header = (f"# Best trial {best.number} of study '{spec.study_name}' ({spec.storage}):\n"
@@ -138,12 +137,6 @@ def write_importance(study, folder: Path, notes: list[str]) -> dict[str, float] 
     importances = {key: float(value) for key, value in importances.items()}
     (folder / "importance.json").write_text(json.dumps(importances, indent=2), encoding="utf-8")
     return importances
-
-
-def _grace() -> int:
-    from tuneforge.apps.search.study import HEARTBEAT_GRACE_S
-
-    return HEARTBEAT_GRACE_S
 
 
 def _cell(value: Any) -> str:

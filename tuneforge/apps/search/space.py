@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from tuneforge.base.errors import UserError, did_you_mean
+from tuneforge.core.recipe import load_recipe
 
 DISTRIBUTIONS = {
     "loguniform": ("low", "high"),
@@ -174,8 +175,6 @@ def check_space_against_recipe(parameters: list[Parameter], recipe_path: str | P
     """Every edge value of every parameter must give a valid recipe (unknown keys, out-of-range values).
 
     Uses the recipe's own validation, so a typo gets the recipe's "did you mean"."""
-    from tuneforge.core.recipe import load_recipe
-
     problems = []
     for parameter in parameters:
         for value in parameter.extremes():

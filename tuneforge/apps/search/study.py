@@ -27,6 +27,15 @@ from typing import Any
 
 from tuneforge.base.errors import UserError, did_you_mean
 from tuneforge.apps.search.space import Parameter, check_space_against_recipe, load_space, override_item, parse_space
+from tuneforge.base.atomic import write_json_atomic
+from tuneforge.base.recipe import LOWER_IS_BETTER, METRIC_NAMES, dump_recipe
+from tuneforge.core.engine.runtime import physical_cores
+from tuneforge.core.engine.validate import validate_job
+from tuneforge.core.recipe import load_recipe
+from tuneforge import __version__
+from tuneforge.core.tasks import task_for
+from tuneforge.base.runfolder import RunStatus, new_run_dir
+from tuneforge.core.engine.loop import train
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
@@ -65,8 +74,6 @@ class SearchSpec:
         return parse_space(self.space, self.space_file)
 
     def save(self) -> None:
-        from tuneforge.base.atomic import write_json_atomic
-
         write_json_atomic(Path(self.output) / SPEC_FILE, asdict(self))
 
     @classmethod
@@ -79,9 +86,6 @@ def prepare_search(recipe_path: str, space_path: str, trials: int, storage: str 
                    study_name: str | None = None, output: str | None = None,
                    overrides: list[str] | None = None, log=print) -> SearchSpec:
     """Check everything that can be checked before the first trial, create (or reopen) the search folder."""
-    from tuneforge.base.recipe import METRIC_NAMES, LOWER_IS_BETTER
-    from tuneforge.core.engine.runtime import physical_cores
-    from tuneforge.core.engine.validate import validate_job
 
     if trials < 1:
         raise UserError(f"--trials must be at least 1 (got {trials})")
@@ -178,7 +182,6 @@ def _epochs(spec: SearchSpec) -> int:
     epochs_parameter = spec.space.get("train.epochs")
     if epochs_parameter is not None:
         return int(max(epochs_parameter.get("values") or [epochs_parameter.get("high", 1)]))
-    from tuneforge.core.recipe import load_recipe
 
     return load_recipe(spec.recipe, spec.overrides).train.epochs
 
@@ -216,12 +219,6 @@ class Objective:
     def __call__(self, trial) -> float:
         import optuna
 
-        from tuneforge import __version__
-        from tuneforge.cli.commands import data_summary
-        from tuneforge.base.recipe import dump_recipe
-        from tuneforge.base.runfolder import RunStatus, new_run_dir
-        from tuneforge.core.engine.loop import train
-        from tuneforge.core.engine.validate import validate_job
 
         spec = self.spec
         values = {parameter.key: parameter.suggest(trial) for parameter in self.parameters}
@@ -242,7 +239,7 @@ class Objective:
                            tuneforge_version=__version__, search={"study": spec.study_name, "trial": trial.number,
                                                                   "params": values},
                            rows={"train": len(data.train), "validation": len(data.validation), "test": 0})
-        status.update(data=data_summary(data))
+        status.update(data=task_for(recipe.task).data_summary(data))
 
         def report(epoch: int, metrics: dict[str, Any]) -> None:
             value = metrics.get(spec.metric)

@@ -9,13 +9,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tuneforge.base.errors import UserError
+from tuneforge.base.quiet import quiet_libraries
+from tuneforge.apps.search.study import SearchSpec, run_worker
+
+
+def log(message: str) -> None:
+    """One progress line on stderr, flushed at once: the workers share the search's terminal."""
+    print(message, file=sys.stderr, flush=True)
+
 
 def main(argv: list[str]) -> int:
-    from tuneforge.base.quiet import quiet_libraries
-    from tuneforge.cli.commands import log
-    from tuneforge.base.errors import UserError
-    from tuneforge.apps.search.study import SearchSpec, run_worker
-
+    """Run trials of the study in ``argv[0]`` (a search.json) as worker ``argv[1]``; the exit code."""
     if len(argv) != 2:
         print("usage: python -m tuneforge.apps.search.worker SEARCH_JSON WORKER_INDEX", file=sys.stderr)
         return 2

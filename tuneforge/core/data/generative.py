@@ -62,6 +62,8 @@ class GenerativeData:
     validation: GenerativeSplit
     test: GenerativeSplit | None
     notes: list[str] = field(default_factory=list)
+    # A language model predicts tokens, not labels: the loop's label names are none.
+    label_names: list[str] = field(default_factory=list)
 
 
 def load_generative_data(recipe: Recipe) -> GenerativeData:
@@ -217,6 +219,8 @@ class EncodedExamples:
     truncated: int = 0  # examples cut at max_length
     dropped: int = 0  # examples with no response token left after truncation
     examples: int = 0  # examples before packing
+    # What turns rows of this split into a batch (the task's collator: padding, or masked-lm's masking).
+    collator: Any = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.input_ids)

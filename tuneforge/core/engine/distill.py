@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,15 +35,13 @@ from tuneforge.core.data.splits import Split
 from tuneforge.base.errors import UserError
 from tuneforge.base.runfolder import is_classifier_run_folder
 from tuneforge.base.models import load_model_config, resolve_model
-from tuneforge.core.engine.distill_image import ImageTeacher, batch_teacher_for, image_teacher_logits, is_image_teacher, load_image_teacher
+from tuneforge.core.engine.distill_image import (BatchTeacher, ImageTeacher, batch_teacher_for, image_teacher_logits,
+                                                is_image_teacher, load_image_teacher)
 from tuneforge.core.anatomy import describe
 from tuneforge.core.tasks.predictor import Predictor
 from tuneforge.core.recipe import load_run_recipe
-from tuneforge.core.data.encode_cache import cache_root
+from tuneforge.base.paths import cache_root
 from tuneforge.core.tasks.image import augments
-
-if TYPE_CHECKING:
-    from tuneforge.core.engine.distill_image import BatchTeacher, ImageTeacher
 
 # Tasks whose students can be distilled: softmax classifiers over texts or images.
 DISTILL_TASKS = ("classification", "image-classification")

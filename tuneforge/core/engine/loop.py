@@ -1,6 +1,10 @@
-"""The training loop, readable top to bottom.
+"""The training loop, readable top to bottom: every task (classification, multilabel, image, multitask, sft,
+causal-lm, masked-lm) and every method trains here.
 
-Supports: any registered method (the loop never branches on its name), warmup + linear/cosine/constant
+Lines marked ``[task]`` ask the recipe's :class:`~tuneforge.core.tasks.base.Task` what differs between tasks
+(model, encoding, batches, loss, metrics, saving); the loop never branches on a task's or a method's name.
+
+Supports: any registered method, warmup + linear/cosine/constant
 schedules, discriminative and layer-wise learning rates, gradient accumulation
 (effective batch = batch_size x grad_accum_steps), gradient clipping, fp32/bf16/fp16 (GradScaler on
 CUDA), gradient checkpointing, class weights, early stopping on a validation metric (the best epoch's
@@ -21,34 +25,29 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tuneforge.core.anatomy import describe, frozen_blocks_to_eval
 from tuneforge.base.recipe import Recipe
-from tuneforge.core.data.batching import EncodedSplit, iterate_batches
-from tuneforge.core.data.splits import ClassificationData
-from tuneforge.core.methods import Method, build_method
-from tuneforge.base.models import load_tokenizer, resolve_model
-from tuneforge.base.quiet import quiet_transformers
+from tuneforge.core.anatomy import describe, frozen_blocks_to_eval
 from tuneforge.core.engine.activation_cache import CachedPrefix, build_cache
 from tuneforge.core.engine.checkpoint import (BadStepGuard, Checkpointer, LoopState, StopRequest, TrainingInterrupted,
-                                        check_free_disk, keep_best_epoch, restore, snapshot_trainable,
-                                        truncate_metrics)
-from tuneforge.core.engine.distributed import distributed
-from tuneforge.core.engine.tracking import MetricsLog
-from tuneforge.core.tasks import task_for
+                                              check_free_disk, keep_best_epoch, restore, snapshot_trainable,
+                                              truncate_metrics)
 from tuneforge.core.engine.distill import Distiller, shrink_student
-from tuneforge.core.tasks.image import TEACHER_PIXELS
+from tuneforge.core.engine.distributed import distributed
 from tuneforge.core.engine.optim import build_optimizer, build_scheduler, take_optimizer_step
 from tuneforge.core.engine.runtime import Runtime, setup_runtime
-from tuneforge.base.integrity import save_and_gate
+from tuneforge.core.engine.tracking import MetricsLog
+from tuneforge.core.methods import Method, build_method
+from tuneforge.core.tasks import task_for
+from tuneforge.core.tasks.image import TEACHER_PIXELS
+
 
 @dataclass
 class TrainResult:
@@ -62,6 +61,9 @@ class TrainResult:
     trainable_params: int
     total_params: int
     stopped_early: bool
+    # What the task measured beside training, for run.json (language models: the base model's validation loss,
+    # token counts and truncation of each split).
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -71,7 +73,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
+def train(recipe: Recipe, data, run_dir: Path, log=print,
           on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None, resume_from: Path | None = None,
           stop: StopRequest | None = None) -> TrainResult:
     """Fine-tune the recipe's model on ``data`` and save it into ``run_dir``.
@@ -87,8 +89,12 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
     device = dist.device(runtime.device)
 
     # --- model, method, data -------------------------------------------------------------------------
-    task = task_for(recipe.task)  # [task] what differs between classification, multilabel and images
+    task = task_for(recipe.task)  # [task] what differs between classification, multilabel, images, language models
     tokenizer, model = task.load_model(recipe, data.label_names)  # [task] model + tokenizer / image processor
+    # [task] the untrained model measured before the method changes it (language models: base validation loss)
+    facts = task.before_training(recipe, data, model, tokenizer, device, runtime.autocast_dtype, run_dir, log) \
+        if resume_from is None and dist.is_main else {}
+    epoch_zero = facts.pop("epoch_zero", None)
     if recipe.distill is not None:  # distill.student_layers: a shallower copy of the model is the student
         model = shrink_student(model, recipe.distill.student_layers)
     method: Method = build_method(recipe.method)
@@ -104,6 +110,7 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
 
     train_set = task.encode(tokenizer, data.train, recipe, training=True)  # [task] tokens, or images (augmented)
     validation_set = task.encode(tokenizer, data.validation, recipe, training=False)
+    facts.update(task.encoded_facts(recipe, {"train": train_set, "validation": validation_set}, log))
     pad_id = tokenizer.pad_token_id
     eval_batch_size = config.eval_batch_size or 2 * config.batch_size
 
@@ -139,7 +146,7 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
     scaler = torch.amp.GradScaler(device.type) if runtime.use_grad_scaler else None
     batch_order = random.Random(config.seed)
 
-    stopping = config.early_stopping
+    selection = task.model_selection(config.early_stopping)  # [task] the metric and patience of early stopping
     best_score, best_epoch, best_metrics, best_state = None, -1, {}, None
     epochs_without_improvement, stopped_early = 0, False
     metrics_path = run_dir / "metrics.jsonl"
@@ -151,6 +158,8 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
     # --- fault tolerance and tracking: checkpoints, resume, non-finite losses, Ctrl-C, TensorBoard/MLflow -----
     train_model = dist.wrap(model)  # DistributedDataParallel under `accelerate launch`, else the model itself
     metrics_log = MetricsLog(run_dir, config.report_to, params=config.model_dump(mode="json"), enabled=dist.is_main)
+    if epoch_zero is not None:
+        metrics_log.write({"step": 0, "epoch": 0, **epoch_zero})
     checkpoints = Checkpointer(run_dir, config.keep_checkpoints, enabled=dist.is_main)
     bad_steps = BadStepGuard(config.max_bad_steps, log)
     stop = stop or StopRequest(log)
@@ -197,7 +206,7 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
             running_loss, running_count = position.running_loss, position.running_count
         window_finite = True  # False once a batch of this accumulation window had a NaN/inf loss
         for batch_index, (indices, batch) in enumerate(
-                zip(progress, iterate_batches(train_set, batches[first_batch:], pad_id)), start=first_batch):
+                zip(progress, task.batches(train_set, batches[first_batch:], pad_id)), start=first_batch):
             labels = batch.pop("labels").to(device)
             teacher_inputs = batch.pop(TEACHER_PIXELS, None)  # distill on augmented images: the teacher's view
             inputs = {key: value.to(device) for key, value in batch.items()}
@@ -259,30 +268,27 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
             model, validation_set, data.label_names, eval_batch_size, pad_id, device, eval_loss_fn,
             runtime.autocast_dtype,
             before_batch=(lambda batch_indices: prefix.select(validation_cache, batch_indices)) if prefix else None)
-        validation_loss = metrics["loss"]
         record = {"step": optimizer_step, "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0],
                   "samples_per_s": seen / train_seconds, "train_seconds": train_seconds,
                   **{f"validation_{k}": v for k, v in metrics.items()}}
         if out_of_time:
             record["time_budget_reached"] = True
         metrics_log.write(record)
-        log(f"epoch {epoch + 1}/{config.epochs}: validation loss {validation_loss:.4f}, accuracy "
-            f"{metrics['accuracy']:.4f}, f1_macro {metrics['f1_macro']:.4f} "
+        log(f"epoch {epoch + 1}/{config.epochs}: {task.describe_metrics(metrics)} "  # [task] its headline metrics
             f"({train_seconds:.0f}s, {record['samples_per_s']:.1f} samples/s)")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
 
-        score = metrics[stopping.metric] if stopping else -validation_loss
-        higher_is_better = stopping.higher_is_better if stopping else True
-        improved = best_score is None or (score > best_score if higher_is_better else score < best_score)
-        if improved or stopping is None:
+        score = metrics[selection.metric]
+        improved = best_score is None or (score > best_score if selection.higher_is_better else score < best_score)
+        if improved or not selection.keep_best:
             best_score, best_epoch, best_metrics = score, epoch + 1, metrics
             best_state = snapshot_trainable(method, model)
             epochs_without_improvement = 0
-        else:
+        elif selection.patience is not None:
             epochs_without_improvement += 1
-            if epochs_without_improvement >= stopping.patience:
-                log(f"early stopping: {stopping.metric} has not improved for {stopping.patience} epoch(s); "
+            if epochs_without_improvement >= selection.patience:
+                log(f"early stopping: {selection.metric} has not improved for {selection.patience} epoch(s); "
                     f"keeping epoch {best_epoch}")
                 stopped_early = True
                 break
@@ -302,22 +308,10 @@ def train(recipe: Recipe, data: ClassificationData, run_dir: Path, log=print,
     if not dist.is_main:  # rank 0 saves; the other processes' weights are the same
         return TrainResult(model=model, tokenizer=tokenizer, runtime=runtime, best_epoch=best_epoch,
                            best_metrics=best_metrics, trainable_params=trainable, total_params=total,
-                           stopped_early=stopped_early)
-    saved = save_model(method, model, tokenizer, run_dir, validation_set, pad_id, device,
-                       max_metric_drop=recipe.export.max_metric_drop)
+                           stopped_early=stopped_early, facts=facts)
+    # [task] save through the method and pass the integrity gate (the run read back must answer as trained)
+    saved = task.save(recipe, method, model, tokenizer, run_dir, validation_set, pad_id, device)
     checkpoints.remove_all(log)
     return TrainResult(model=saved, tokenizer=tokenizer, runtime=runtime, best_epoch=best_epoch,
                        best_metrics=best_metrics, trainable_params=trainable, total_params=total,
-                       stopped_early=stopped_early)
-
-
-def save_model(method: Method, model: nn.Module, tokenizer, run_dir: Path, probe_set: EncodedSplit,
-               pad_id: int, device: torch.device, max_metric_drop: float = 0.01) -> nn.Module:
-    """Save through the method and pass the integrity gate (:func:`tuneforge.base.integrity.save_and_gate`, shared
-    with the generative loop): the saved-for-deployment module, and the run read back from disk, must answer
-    a probe batch of up to 32 validation rows as the trained model did."""
-    probe = next(iterate_batches(probe_set, [list(range(min(len(probe_set), 32)))], pad_id))
-    probe_labels = probe.pop("labels").numpy()
-    batch = {key: value.to(device) for key, value in probe.items()}
-    return save_and_gate(method, model, tokenizer, run_dir, batch, probe_labels,
-                         max_metric_drop=max_metric_drop).saved
+                       stopped_early=stopped_early, facts=facts)

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tuneforge.base.recipe import Recipe
 from tuneforge.core.recipe import load_recipe
-from tuneforge.core.data.splits import ClassificationData
 from tuneforge.base.errors import UserError
 from tuneforge.base.models import load_model_config
 from tuneforge.core.tasks import task_for
 from tuneforge.core.engine.runtime import resolve_precision
-from tuneforge.base.recipe import GENERATIVE_TASKS
 from tuneforge.core.engine.distill import check_teacher
 
 
@@ -23,25 +23,25 @@ class ValidatedJob:
     """A recipe whose data and model have been checked, ready to train."""
 
     recipe: Recipe
-    data: ClassificationData
+    data: Any  # the task's data: ClassificationData, GenerativeData, ...
     model_config: Any
 
 
 def validate_job(recipe_path: str | Path, overrides: list[str] | None = None) -> ValidatedJob:
     """Run every check that needs no model weights; raise UserError on the first failing stage."""
     recipe = load_recipe(recipe_path, overrides)
-    import torch
+    return check_job(recipe)
 
-    if recipe.task in GENERATIVE_TASKS:  # `train` and `validate` hand these to tuneforge.core.engine.generative
-        raise UserError(f"task {recipe.task}: this command is not supported yet for generative tasks; "
-                        "`tuneforge validate`, `train` and `generate` are (docs/generative.md)")
+
+def check_job(recipe: Recipe) -> ValidatedJob:
+    """:func:`validate_job` for a recipe already loaded (``search`` trials, ``compare`` runs)."""
     resolve_precision(recipe.train.precision, torch.cuda.is_available())
     task = task_for(recipe.task)
-    data = task.load_data(recipe)  # [task] texts, multi-label rows or images, all checked
+    task.check_recipe(recipe)  # [task] the methods and sections it supports, declared on the task
+    data = task.load_data(recipe)  # [task] texts, multi-label rows, images or conversations, all checked
     model_config = load_model_config(recipe.model)
     task.check_model_config(recipe, model_config)
     if recipe.distill is not None:  # the teacher's labels and the student's layers, without loading weights
-
         check_teacher(recipe, data, model_config)
     layers = getattr(model_config, "num_hidden_layers", None)
     top = getattr(recipe.method, "unfreeze_top_layers", None)

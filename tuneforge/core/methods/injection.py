@@ -17,8 +17,8 @@ from torch import nn
 
 from tuneforge.core.anatomy import describe, set_trainable
 from tuneforge.base.errors import UserError
-from tuneforge.core.methods.layout import ADAPTER_DIR, BASE_DIR, load_base, model_device, save_base
-from tuneforge.core.methods.registry import Method, MethodConfig
+from tuneforge.core.methods.layout import ADAPTER_DIR, BASE_DIR, load_base, load_plain_model, model_device, save_base
+from tuneforge.core.methods.registry import Method, MethodConfig, PlainModelReader
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -74,10 +74,10 @@ class InjectedMethod(Method):
         return self.load(run_dir, self.config).to(model_device(model))
 
     @classmethod
-    def load(cls, run_dir: Path, config: MethodConfig) -> nn.Module:
+    def load(cls, run_dir: Path, config: MethodConfig, read_plain: PlainModelReader = load_plain_model) -> nn.Module:
         from safetensors.torch import load_file
 
-        model = load_base(run_dir)
+        model = load_base(run_dir, read_plain)
         weights = Path(run_dir) / ADAPTER_DIR / ADAPTER_WEIGHTS
         if not weights.is_file():
             raise UserError(f"{run_dir}: {ADAPTER_DIR}/{ADAPTER_WEIGHTS} is missing; the run is incomplete")

@@ -14,6 +14,7 @@ transformers model into ``run/model`` that ``pipeline()`` loads. The others writ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -100,14 +101,15 @@ def auto_class_for(config) -> type:
     return AutoModelForSequenceClassification
 
 
-def load_base(run_dir: Path) -> nn.Module:
-    """The plain base model of a non-merged run (eval mode)."""
+def load_base(run_dir: Path, read_plain: Callable[[Path], nn.Module] | None = None) -> nn.Module:
+    """The plain base model of a non-merged run (eval mode); ``read_plain``: the task's reader of a plain model
+    folder (default :func:`load_plain_model`)."""
     folder = Path(run_dir) / BASE_DIR
     if not (folder / "config.json").is_file():
         raise UserError(f"{run_dir}: has no trained model (neither model/config.json nor base/; did the run finish? "
                         "see run.json)")
     with quiet_transformers():
-        return load_plain_model(folder)
+        return (read_plain or load_plain_model)(folder)
 
 
 def load_plain_model(folder: Path) -> nn.Module:

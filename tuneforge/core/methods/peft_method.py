@@ -15,8 +15,9 @@ from typing import Any, ClassVar
 from pydantic import Field
 from torch import nn
 
-from tuneforge.core.methods.layout import ADAPTER_DIR, BASE_DIR, has_plain_model, load_base, model_device, save_base
-from tuneforge.core.methods.registry import Method, MethodConfig
+from tuneforge.core.methods.layout import (ADAPTER_DIR, BASE_DIR, has_plain_model, load_base, load_plain_model,
+                                           model_device, save_base)
+from tuneforge.core.methods.registry import Method, MethodConfig, PlainModelReader
 from tuneforge.base.errors import UserError
 
 
@@ -149,12 +150,12 @@ class PeftMethod(Method):
         return config
 
     @classmethod
-    def load(cls, run_dir: Path, config: MethodConfig) -> nn.Module:
+    def load(cls, run_dir: Path, config: MethodConfig, read_plain: PlainModelReader = load_plain_model) -> nn.Module:
         if has_plain_model(run_dir):
-            return super().load(run_dir, config)
+            return super().load(run_dir, config, read_plain)
         from peft import PeftConfig, PeftModel
 
-        base = load_base(run_dir)
+        base = load_base(run_dir, read_plain)
         adapter = Path(run_dir) / ADAPTER_DIR
         peft_config = cls.loaded_config(PeftConfig.from_pretrained(adapter))
         return PeftModel.from_pretrained(base, adapter, config=peft_config, is_trainable=False).eval()

@@ -1,10 +1,18 @@
-"""The interface every task type implements; the default methods are those of single-label classification."""
+"""The interface every task type implements; the default methods are those of single-label classification.
+
+A task owns everything that differs between task types — reading the data, loading the model, encoding,
+batching, the loss, validation metrics, how the model is saved, read back and evaluated — so that the one
+training loop (:mod:`tuneforge.core.engine.loop`) never branches on a task's name. What a task supports is
+declared as data on its class (``supports_*``, ``methods``, ``export_formats``), read by the commands and
+the recipe checks instead of testing task names.
+"""
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -12,8 +20,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from tuneforge.base.recipe import Recipe
-from tuneforge.core.data.batching import length_grouped_batches, shuffled_batches
+from tuneforge.base.errors import UserError
+from tuneforge.base.integrity import save_and_gate
+from tuneforge.base.recipe import EarlyStoppingConfig, Recipe
+from tuneforge.core.data.batching import iterate_batches, length_grouped_batches, shuffled_batches
+from tuneforge.core.methods import Method, method_spec
+from tuneforge.core.methods.layout import load_plain_model
+
+# Rows of the validation split the integrity gate probes the saved model with.
+PROBE_ROWS = 32
+
+
+@dataclass(frozen=True)
+class ModelSelection:
+    """Which epoch's weights a run keeps: the best ``metric`` (``keep_best``) or the last epoch; stop after
+    ``patience`` epochs without improvement (None: never stop early)."""
+
+    metric: str
+    higher_is_better: bool
+    patience: int | None
+    keep_best: bool
 
 
 class Task:
@@ -26,6 +52,25 @@ class Task:
     name: ClassVar[str]
     # The frozen-prefix activation cache replays token embeddings: text tasks only.
     supports_activation_cache: ClassVar[bool] = True
+    # distill: a teacher's logits over this task's labels (classification-style tasks).
+    supports_distillation: ClassVar[bool] = True
+    # The methods this task is checked with (None: every registered method).
+    methods: ClassVar[tuple[str, ...] | None] = None
+    # `tuneforge export --format`: what a run of this task can be exported to.
+    export_formats: ClassVar[tuple[str, ...]] = ()
+    # The metrics the end-of-run summary prints, in order (those present).
+    summary_keys: ClassVar[tuple[str, ...]] = ("accuracy", "f1_micro", "f1_macro", "f1_weighted", "precision_macro",
+                                               "recall_macro", "roc_auc")
+    # The validation metric `compare`, `search` and `runs` rank runs by, unless the recipe names one.
+    main_metric: ClassVar[str] = "accuracy"
+
+    def check_recipe(self, recipe: Recipe) -> None:
+        """Raise UserError when the recipe asks for something this task does not support (before any data is read)."""
+        if self.methods is not None and recipe.method.name not in self.methods:
+            raise UserError(f"method.name: {recipe.method.name} is not supported yet for task {recipe.task}; "
+                            f"choose one of {', '.join(self.methods)}")
+        if recipe.distill is not None and not self.supports_distillation:
+            raise UserError(f"distill: not supported yet for task {recipe.task}; remove the distill section")
 
     def load_data(self, recipe: Recipe):
         """Read and check every split of the recipe's data (no model weights loaded)."""
@@ -54,6 +99,21 @@ class Task:
         """How many batches :meth:`training_batches` makes (the LR schedule's length)."""
         return math.ceil(len(encoded) / batch_size)
 
+    def batches(self, encoded, index_lists: list[list[int]], pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Model inputs (with ``labels``) for each list of example indices, in order."""
+        return iterate_batches(encoded, index_lists, pad_id)
+
+    def before_training(self, recipe: Recipe, data, model: nn.Module, tokenizer, device: torch.device,
+                        autocast_dtype: torch.dtype | None, run_dir: Path, log) -> dict[str, Any]:
+        """Work on the untrained model, before the method changes it (generative tasks measure the base model);
+        returns facts for ``run.json``. Default: nothing."""
+        return {}
+
+    def encoded_facts(self, recipe: Recipe, encoded: dict[str, Any], log) -> dict[str, Any]:
+        """Facts about the encoded splits for ``run.json`` (e.g. truncation); may raise UserError when nothing
+        is left to train on. Default: nothing (the data summary says it all)."""
+        return {}
+
     def loss_functions(self, recipe: Recipe, data, device: torch.device) -> tuple[nn.Module, nn.Module]:
         """(training loss, validation loss), each called as ``loss(logits, labels)``."""
         raise NotImplementedError
@@ -64,10 +124,56 @@ class Task:
         """Metrics of one validation pass, with ``loss`` and at least ``accuracy`` and ``f1_macro``."""
         raise NotImplementedError
 
+    def describe_metrics(self, metrics: dict[str, Any]) -> str:
+        """The validation metrics of one epoch in a few words, for the log."""
+        return f"validation loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}, f1_macro {metrics['f1_macro']:.4f}"
+
+    def model_selection(self, stopping: EarlyStoppingConfig | None) -> ModelSelection:
+        """``train.early_stopping``: keep the best epoch by its metric, stop after its patience; without it the
+        last epoch is kept."""
+        if stopping is None:
+            return ModelSelection("loss", False, None, keep_best=False)
+        return ModelSelection(stopping.metric, stopping.higher_is_better, stopping.patience, keep_best=True)
+
+    def read_plain_model(self, folder: Path) -> nn.Module:
+        """A plain model folder this task's runs write (``run/model``), in eval mode."""
+        return load_plain_model(folder)
+
+    def load_trained(self, run_dir: Path, recipe: Recipe) -> nn.Module:
+        """The trained model of a run folder, as ``predict``/``eval`` and the integrity gate read it."""
+        return method_spec(recipe.method.name).load(run_dir, recipe.method, self.read_plain_model).eval()
+
+    def save(self, recipe: Recipe, method: Method, model: nn.Module, tokenizer, run_dir: Path, probe_set,
+             pad_id: int, device: torch.device) -> nn.Module:
+        """Save through the method and pass the integrity gate (:func:`tuneforge.base.integrity.save_and_gate`):
+        the saved-for-deployment module, and the run read back from disk, must answer a probe batch of up to
+        ``PROBE_ROWS`` validation rows as the trained model did. Returns the module that stands for the saved run."""
+        probe = next(iterate_batches(probe_set, [list(range(min(len(probe_set), PROBE_ROWS)))], pad_id))
+        probe_labels = probe.pop("labels").numpy()
+        batch = {key: value.to(device) for key, value in probe.items()}
+        return save_and_gate(method, model, tokenizer, run_dir, batch, probe_labels,
+                             reload=lambda: self.load_trained(run_dir, recipe),
+                             reloaded_with=f"{type(method).__name__}.load (as tuneforge predict and eval load it)",
+                             max_metric_drop=recipe.export.max_metric_drop).saved
+
+    def summary_lines(self, summary: dict[str, dict[str, Any]], facts: dict[str, Any]) -> list[str]:
+        """The end-of-run lines under "run ... finished": each split's :attr:`summary_keys`."""
+        lines = []
+        for split, metrics in summary.items():
+            values = ", ".join(f"{k} {metrics[k]:.4f}" for k in self.summary_keys if metrics.get(k) is not None)
+            lines.append(f"  {split:<10} {values} (n={metrics.get('n_examples', '?')})")
+        return lines
+
     def after_training(self, recipe: Recipe, data, result, run_dir: Path, log) -> dict[str, Any]:
         """Work once the best model is saved (evaluate ``data.test`` into ``run_dir/eval/test``); returns the
         summary's extra entries, e.g. ``{"test": metrics}``."""
         raise NotImplementedError
+
+    def data_summary(self, data) -> dict[str, Any]:
+        """What ``run.json`` keeps about the data: label counts per split and the notes (splits, balance, augment)."""
+        splits = {"train": data.train, "validation": data.validation, "test": data.test}
+        counts = {name: self.label_counts(split, data.label_names) for name, split in splits.items() if split is not None}
+        return {"label_counts": counts, "notes": list(data.notes)}
 
     def label_counts(self, split, label_names: list[str]) -> dict[str, int]:
         """Examples per label (``run.json``)."""

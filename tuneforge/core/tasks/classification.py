@@ -9,7 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from tuneforge.base.models import load_tokenizer, resolve_model
+from tuneforge.base.quiet import quiet_transformers
 from tuneforge.base.recipe import Recipe
+from tuneforge.core.data.splits import ClassificationData
 from tuneforge.core.tasks.base import Task
 from tuneforge.core.data.examples import load_classification_data
 from tuneforge.core.data.encode_cache import encode_split_cached
@@ -55,7 +58,10 @@ def class_weight_tensor(recipe: Recipe, data: ClassificationData) -> torch.Tenso
 
 
 class ClassificationTask(Task):
+    """``task: classification``: one label per text (or text pair)."""
+
     name = "classification"
+    export_formats = ("onnx", "torchscript", "safetensors")
 
     def load_data(self, recipe: Recipe):
         return load_classification_data(recipe.data, recipe.train.seed, model=recipe.model)

@@ -177,6 +177,7 @@ class EncodedImages:
 
 class ImageClassificationTask(ClassificationTask):
     name = "image-classification"
+    export_formats = ()
     supports_activation_cache = False
 
     def load_data(self, recipe: Recipe):

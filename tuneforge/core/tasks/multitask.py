@@ -26,7 +26,7 @@ from tuneforge.core.data.multitask import (MultiTaskEncoded, MultiTaskSplit, epo
                                       task_batch_counts, task_data_config)
 from tuneforge.base.errors import UserError
 from tuneforge.core.tasks.base import Task
-from tuneforge.core.tasks.multitask_model import HeadSpec, MultiTaskModel
+from tuneforge.core.tasks.multitask_model import HeadSpec, MultiTaskModel, load_multitask_model
 from tuneforge.core.tasks.multilabel import MultiLabelLoss
 from tuneforge.core.evaluate import classification_metrics, write_evaluation
 from tuneforge.core.evaluate.multilabel import multilabel_metrics, write_multilabel_evaluation
@@ -123,6 +123,10 @@ def combine_task_metrics(per_task: dict[str, dict[str, Any]], heads: list[HeadSp
 
 class MultiTaskTask(Task):
     name = "multitask"
+
+    def read_plain_model(self, folder: Path) -> nn.Module:
+        """A multitask model folder: the shared encoder, ``heads.safetensors`` and ``multitask.json``."""
+        return load_multitask_model(folder)
 
     def load_data(self, recipe: Recipe):
         return load_multitask_data(recipe)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from tuneforge.base.recipe import Recipe
 from tuneforge.core.recipe import load_run_recipe
 from tuneforge.core.data.batching import EncodedSplit
 from tuneforge.base.errors import UserError
