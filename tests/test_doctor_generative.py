@@ -101,7 +101,7 @@ def test_doctor_checks_a_generative_run_folder_and_catches_a_corrupted_model_fil
     code, out, _ = run_cli("doctor", str(lora_run))
     assert code == 0, out
     assert "ok    run: completed: task sft" in out
-    assert "ok    saved model: read back with load_generative_run" in out and "max |Δlogit|" in out
+    assert "ok    saved model: read back with LanguageModelTask.load_trained" in out and "max |Δlogit|" in out
     assert "ok    saved model files: all" in out and "match their sha256" in out
     code, out, _ = run_cli("runs", str(lora_run.parent), "--json")
     assert json.loads(out)[0]["checked"] == "passed"

@@ -162,7 +162,7 @@ def test_each_method_fine_tunes_the_decoder(tmp_path, tiny_llama, method):
     assert json.loads((run / "save_check.json").read_text())["passed"]
     gate = json.loads((run / "artifacts.json").read_text())["artifacts"]["run"]  # read back as `generate` does
     assert gate["passed"] and gate["method"] == method and gate["probe"]["max_abs_logit_diff"] <= 1e-3
-    assert gate["probe"]["reloaded_with"].startswith("load_generative_run")
+    assert gate["probe"]["reloaded_with"].startswith("LanguageModelTask.load_trained")
     weights = "model/model.safetensors" if method in ("full", "freeze", "lora") else "base/model.safetensors"
     assert weights in {f["path"] for f in gate["files"]}  # prefix / prompt: base + adapter, both recorded
     assert status["validation"]["loss"] < status["base_validation"]["loss"]  # it learned something

@@ -27,6 +27,12 @@ The recommendation takes the most accurate method (the tiers of :data:`QUALITY`)
 (less :data:`HEADROOM`) and at least one epoch fits the time, trying gradient checkpointing and then smaller
 batches (gradient accumulation keeping the effective batch) before falling back to a less accurate method.
 It explains itself in plain words. This module writes no files (``--json`` is the command's).
+
+Everything task-specific goes through the recipe's Task (:mod:`tuneforge.core.tasks`): its data, encoding,
+batches, model and loss, so the language-model tasks (``sft``, ``causal-lm``, ``masked-lm``) are planned like
+classification. Their logits are ``[batch, sequence, vocabulary]``: the activations count them (held until
+backward, and their gradient) and what the token loss saves. Methods the task does not support
+(``Task.methods``) are left out with a note.
 """
 
 from __future__ import annotations
@@ -46,6 +52,18 @@ import torch
 from torch import nn
 
 from tuneforge.base.errors import UserError
+from tuneforge.base.models import load_tokenizer as load_model_tokenizer, resolve_model
+from tuneforge.base.quiet import quiet_libraries
+from tuneforge.base.recipe import Recipe
+from tuneforge.core.data.batching import sorted_batches
+from tuneforge.core.engine import loop  # noqa: F401  (the libraries a training process holds: in the runtime)
+from tuneforge.core.engine.optim import build_optimizer
+from tuneforge.core.engine.runtime import physical_cores
+from tuneforge.core.engine.validate import validate_job
+from tuneforge.core.methods import build_method, method_names, method_spec
+from tuneforge.core.methods.injection import layer_stack
+from tuneforge.core.recipe import validate_recipe
+from tuneforge.core.tasks import LanguageModelTask, task_for
 
 MB = 1024 ** 2
 GB = 1024 ** 3
@@ -158,6 +176,9 @@ class Plan:
     methods: list[MethodEstimate] = field(default_factory=list)
     recommendation: Option | None = None
     explanation: list[str] = field(default_factory=list)
+    task: str = "classification"
+    # methods not estimated because the task (or the recipe with that method) does not support them: the reason
+    left_out: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,14 +194,15 @@ def resident_bytes() -> int:
 
 
 def layer_blocks(model: nn.Module) -> list[nn.Module]:
-    from tuneforge.core.methods.injection import layer_stack
-
     return layer_stack(model)
 
 
-def activation_bytes(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[int, int, int, int]:
-    """Bytes autograd keeps for backward in one forward pass: (total, outside the blocks, the largest block,
-    the largest block input). Parameters are not counted (they are weights)."""
+def activation_bytes(model: nn.Module, batch: dict[str, torch.Tensor],
+                     loss_fn: nn.Module | None = None) -> tuple[int, int, int, int]:
+    """Bytes autograd keeps for backward in one forward pass and the loss: (total, outside the blocks, the
+    largest block, the largest block input). Parameters are not counted (they are weights). Outside the blocks
+    also counts the logits, which the step holds until backward, and their gradient, which backward starts
+    with: a language model's ``[batch, sequence, vocabulary]`` logits are a large share of its activations."""
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     blocks = layer_blocks(model)
     seen: dict[int, int] = {}
@@ -216,12 +238,17 @@ def activation_bytes(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             logits = model(**inputs).logits
+            if loss_fn is not None and "labels" in batch:
+                loss_fn(logits.float(), batch["labels"])
+        storage = logits.untyped_storage()
+        held = storage.nbytes() * (1 if storage.data_ptr() in seen else 2)  # (the logits,) their gradient
+        outside += held
         del logits
     finally:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    return sum(seen.values()), outside, max(per_block) if per_block else 0, block_input[0]
+    return sum(seen.values()) + held, outside, max(per_block) if per_block else 0, block_input[0]
 
 
 def synthetic_batch(tokenizer, batch_size: int, width: int, vocab_size: int, labels: int = 2,
@@ -238,15 +265,36 @@ def synthetic_batch(tokenizer, batch_size: int, width: int, vocab_size: int, lab
 
 
 def load_tokenizer(recipe):
-    from tuneforge.base.models import load_tokenizer as load_model_tokenizer, resolve_model
-
     return load_model_tokenizer(resolve_model(recipe.model))
 
 
-def _physical_cores() -> int:
-    from tuneforge.core.engine.runtime import physical_cores
+def method_recipe(recipe: Recipe, name: str) -> tuple[dict[str, Any], float]:
+    """The recipe (as a raw dict) that trains ``name`` instead of the recipe's method, with its learning rate:
+    the recipe's for its own method, the method's default for the others."""
+    rate = recipe.train.learning_rate if name == recipe.method.name else method_spec(name).default_learning_rate
+    raw = recipe.to_yaml_dict()
+    if name != recipe.method.name:
+        raw["method"] = {"name": name}
+    raw["train"]["learning_rate"] = rate
+    return raw, rate
 
-    return physical_cores()
+
+def supported_methods(recipe: Recipe, names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(the methods the recipe's task can train, {left-out method: why}): the task's ``methods`` and its recipe
+    checks (e.g. sft packing with prompt tuning)."""
+    task = task_for(recipe.task)
+    kept, left_out = [], {}
+    for name in names:
+        if task.methods is not None and name not in task.methods:
+            left_out[name] = f"not supported for task {recipe.task} (it supports {', '.join(task.methods)})"
+            continue
+        try:
+            task.check_recipe(validate_recipe(method_recipe(recipe, name)[0], source="plan"))
+        except UserError as error:
+            left_out[name] = str(error)
+            continue
+        kept.append(name)
+    return kept, left_out
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -255,10 +303,6 @@ def _physical_cores() -> int:
 def make_plan(recipe_path: str, overrides: list[str], memory_gb: float | None, minutes: float | None,
               gpu: str | None, methods: list[str] | None = None, steps: int = 3, log=print) -> Plan:
     """Estimate every method on the recipe and recommend one; no training, no files written."""
-    from tuneforge.core.data.batching import encode_split, iterate_batches, length_grouped_batches, sorted_batches
-    from tuneforge.core.methods import method_names
-    from tuneforge.core.engine.validate import validate_job
-
     if gpu is not None and gpu.lower() not in GPUS:
         raise UserError(f"--gpu {gpu}: unknown GPU; known: {', '.join(GPUS)} (or give --memory-gb)")
     if memory_gb is not None and memory_gb <= 0:
@@ -268,20 +312,27 @@ def make_plan(recipe_path: str, overrides: list[str], memory_gb: float | None, m
     job = validate_job(recipe_path, overrides)
     recipe, data = job.recipe, job.data
     config = recipe.train
-    import tuneforge.core.engine.loop  # noqa: F401  (the libraries a training process holds, for the runtime below)
+    task = task_for(recipe.task)
+    names, left_out = supported_methods(recipe, methods or method_names())
+    for name, reason in left_out.items():
+        log(f"  {name:<8} left out: {reason}")
+    if not names:
+        raise UserError(f"--methods: none of {', '.join(left_out)} can be planned for this recipe: "
+                        + "; ".join(left_out.values()))
 
     # The runtime: this process once the libraries and the data are in, before any model is loaded.
     runtime_bytes = resident_bytes() if gpu is None else CUDA_CONTEXT_BYTES
     if gpu is not None and memory_gb is None:
         memory_gb = GPUS[gpu.lower()][0]
-    names = methods or method_names()
     log(f"plan for {recipe.name}: measuring {len(names)} method(s) on {recipe.model} "
         f"(a few steps each in a child process; nothing is saved)")
     tokenizer = load_tokenizer(recipe)
-    train_set = encode_split(tokenizer, data.train, recipe.data.max_length)
-    validation_set = encode_split(tokenizer, data.validation, recipe.data.max_length)
+    train_set = task.encode(tokenizer, data.train, recipe, training=True)  # [task] tokens, prompt-masked, packed
+    validation_set = task.encode(tokenizer, data.validation, recipe, training=False)
+    if len(train_set) == 0:
+        raise UserError(f"{recipe.data.train}: no training example is left after tokenization")
     width = max(train_set.lengths)
-    batches = length_grouped_batches(train_set.lengths, config.batch_size, random.Random(config.seed))
+    batches = task.training_batches(recipe, train_set, config.batch_size, random.Random(config.seed))
     widths = [max(train_set.lengths[i] for i in b) for b in batches]
     mean_width = sum(widths) / len(widths)
     # The batches timed (after one warm-up): full-size ones whose width is nearest the epoch's mean width.
@@ -290,21 +341,23 @@ def make_plan(recipe_path: str, overrides: list[str], memory_gb: float | None, m
     eval_batches = sorted_batches(validation_set.lengths, config.eval_batch_size or 2 * config.batch_size)
     pad = tokenizer.pad_token_id
     # The memory peak of an epoch comes with its widest batch (the longest examples, grouped together).
-    widest = next(iterate_batches(train_set, [max(batches, key=lambda b: (max(train_set.lengths[i] for i in b),
-                                                                          len(b)))], pad))
+    widest = next(task.batches(train_set, [max(batches, key=lambda b: (max(train_set.lengths[i] for i in b),
+                                                                        len(b)))], pad))
     middle = eval_batches[len(eval_batches) // 2]
-    eval_batch = {k: v for k, v in next(iterate_batches(validation_set, [middle], pad)).items() if k != "labels"}
+    eval_batch = {k: v for k, v in next(task.batches(validation_set, [middle], pad)).items() if k != "labels"}
     epoch_tokens = sum(w * len(b) for w, b in zip(widths, batches))
     eval_tokens = sum(max(validation_set.lengths[i] for i in b) * len(b) for b in eval_batches)
     cache_tokens = sum(train_set.lengths) + sum(validation_set.lengths)
 
     plan = Plan(recipe=recipe.name, model=recipe.model, device=gpu or "cpu", batch_size=config.batch_size,
                 max_length=recipe.data.max_length, width=width, train_rows=len(data.train),
-                memory_budget_gb=memory_gb, minutes=minutes, runtime_bytes=runtime_bytes)
+                memory_budget_gb=memory_gb, minutes=minutes, runtime_bytes=runtime_bytes, task=recipe.task,
+                left_out=left_out)
+    loss_fn, _ = task.loss_functions(recipe, data, torch.device("cpu"))  # [task] cross-entropy, token loss, ...
     with tempfile.TemporaryDirectory(prefix="tuneforge-plan-") as folder:
         batches_file = Path(folder) / "batches.pt"
         torch.save({"label_names": data.label_names, "widest": widest,
-                    "timed": list(iterate_batches(train_set, timed, pad)), "eval": eval_batch,
+                    "timed": list(task.batches(train_set, timed, pad)), "eval": eval_batch, "loss": loss_fn,
                     "eval_batches": len(eval_batches), "batches_per_epoch": len(batches)}, batches_file)
         for name in names:
             estimate = estimate_method(recipe, name, batches_file, runtime_bytes, cache_tokens)
@@ -323,15 +376,8 @@ def make_plan(recipe_path: str, overrides: list[str], memory_gb: float | None, m
 def estimate_method(recipe, name: str, batches_file: Path, runtime_bytes: int, cache_tokens: int) -> MethodEstimate:
     """Measure one method in a fresh child process (so the memory it reports is its own) and turn the
     measurements into a :class:`MethodEstimate`."""
-    from tuneforge.core.methods import method_spec
-
-    spec = method_spec(name)
-    rate = recipe.train.learning_rate if name == recipe.method.name else spec.default_learning_rate
+    raw, rate = method_recipe(recipe, name)
     estimate = MethodEstimate(method=name, learning_rate=rate)
-    raw = recipe.to_yaml_dict()
-    if name != recipe.method.name:
-        raw["method"] = {"name": name}
-    raw["train"]["learning_rate"] = rate
     request = json.dumps({"recipe": raw, "batches": str(batches_file)})
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     child = subprocess.run([sys.executable, "-c", "from tuneforge.apps.plan import probe_main; probe_main()"],
@@ -358,8 +404,11 @@ def estimate_method(recipe, name: str, batches_file: Path, runtime_bytes: int, c
         checkpointed = max(probe["saved_bytes_checkpointed"], probe["train_bytes_checkpointed"] - fixed)
     else:
         checkpointed = activations
+    # the loop caches the frozen bottom only where the task can replay it (not language models' batches)
+    depth = probe["frozen_prefix_depth"] if (
+        recipe.train.activation_cache and task_for(recipe.task).supports_activation_cache) else 0
     cache = 0
-    if recipe.train.activation_cache and probe["frozen_prefix_depth"]:
+    if depth:
         cache = min(cache_tokens * probe["hidden_size"] * 4, IN_MEMORY_CACHE_LIMIT)
     estimate.memory = MemoryEstimate(
         weights=probe["weights_bytes"], gradients=trained, optimizer=2 * trained, best_copy=trained,
@@ -367,8 +416,8 @@ def estimate_method(recipe, name: str, batches_file: Path, runtime_bytes: int, c
         load=probe["load_bytes"], activation_cache=cache)
     estimate.step_seconds, estimate.forward_seconds = probe["step_seconds"], probe["forward_seconds"]
     estimate.epoch_seconds = probe["batches_per_epoch"] * probe["step_seconds"] + probe["eval_seconds"]
-    depth, layers = probe["frozen_prefix_depth"], probe["num_layers"]
-    if recipe.train.activation_cache and depth and layers:
+    layers = probe["num_layers"]
+    if depth and layers:
         # With the activation cache the frozen bottom runs once for the whole run, not every step: each step
         # keeps its backward (only the layers above train) and the share of the forward above the cached
         # blocks (blocks take about equal time). The one-off pass is spread over the recipe's epochs.
@@ -406,8 +455,6 @@ def _reset_hwm() -> None:
 
 def probe_main() -> None:
     """The child of :func:`estimate_method`: load, prepare, count, time a few steps; print one JSON line."""
-    from tuneforge.base.quiet import quiet_libraries
-
     quiet_libraries()
     request = json.loads(sys.stdin.read())
     try:
@@ -417,18 +464,15 @@ def probe_main() -> None:
 
 
 def probe(raw: dict, batches_file: Path) -> dict:
-    from tuneforge.core.recipe import validate_recipe
-    from tuneforge.core.methods import build_method
-    from tuneforge.core.tasks.classification import load_classifier
-    from tuneforge.core.engine.optim import build_optimizer
-
     recipe = validate_recipe(raw, source="plan")
-    work = torch.load(batches_file)
-    torch.set_num_threads(recipe.train.num_threads or _physical_cores())
+    task = task_for(recipe.task)
+    # the parent's own file, written moments ago: batches and the task's loss module (pickled, hence not weights_only)
+    work = torch.load(batches_file, weights_only=False)
+    torch.set_num_threads(recipe.train.num_threads or physical_cores())
     torch.manual_seed(recipe.train.seed)
     before = resident_bytes()
     _reset_hwm()
-    _, model = load_classifier(recipe, work["label_names"])
+    _, model = task.load_model(recipe, work["label_names"])  # [task] a classifier, or a language model
     method = build_method(recipe.method)
     model = method.prepare(model)
     # the widest trainable set the run reaches (gradual unfreezing: its last epoch)
@@ -437,7 +481,7 @@ def probe(raw: dict, batches_file: Path) -> dict:
     trainable = [p for _, p in method.optimizer_parameters(model) if p.requires_grad]
     blocks = layer_blocks(model)
     optimizer = build_optimizer(model, method.optimizer_parameters(model), recipe.train)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = work["loss"]
     model.train()
     timings: list[tuple[float, float]] = []
 
@@ -470,7 +514,7 @@ def probe(raw: dict, batches_file: Path) -> dict:
     train_bytes = _vm_hwm() - before  # weights (paged in by the first forward), gradients, states, activations
     timed = timings[1:-1] or timings
     step_times, forward_times = [t for t, _ in timed], [f for _, f in timed]
-    saved, outside, largest_block, block_input = activation_bytes(model, work["widest"])
+    saved, outside, largest_block, block_input = activation_bytes(model, work["widest"], loss_fn)
     checkpointed = outside + len(blocks) * block_input + largest_block if saved > outside else saved
     model.eval()
     with torch.no_grad():
@@ -572,6 +616,9 @@ def recommend(plan: Plan, recipe) -> None:
         f"recommended: {best.method} — {QUALITY.get(best.method, (0, 'no accuracy tier known'))[1]}. It needs "
         f"{best.peak_bytes / GB:.2f} GB at peak and {best.epoch_seconds / 60:.1f} min per epoch, which fits "
         f"{budget_text}.")
+    if isinstance(task_for(plan.task), LanguageModelTask):
+        words.append(f"task {plan.task}: the accuracy tiers stand for the expected validation loss (lower is better); "
+                     "`tuneforge compare` measures it.")
     words.append(breakdown(estimate, best, plan))
     if best.checkpointing or best.batch_size < recipe.train.batch_size:
         plain = next(o for o in all_options[best.method] if not o.checkpointing and o.batch_size == recipe.train.batch_size)
@@ -627,8 +674,9 @@ def settings(option: Option, estimate: MethodEstimate, recipe) -> list[str]:
 def format_plan(plan: Plan) -> str:
     """The plan as text for a person: one table row per method, then the recommendation."""
     where = f"GPU {plan.device} (times: FLOP estimate)" if plan.device != "cpu" else "this machine (CPU, times measured)"
-    lines = [f"plan for {plan.recipe}: model {plan.model}, {plan.train_rows} training rows, batch {plan.batch_size}, "
-             f"widest batch {plan.width} tokens; {where}",
+    task = "" if plan.task == "classification" else f" (task {plan.task})"
+    lines = [f"plan for {plan.recipe}{task}: model {plan.model}, {plan.train_rows} training rows, batch "
+             f"{plan.batch_size}, widest batch {plan.width} tokens; {where}",
              "",
              f"{'method':<9} {'trainable':>10} {'share':>7} {'weights':>8} {'grads':>7} {'AdamW':>7} {'activ.':>7} "
              f"{'act.ckpt':>8} {'peak':>8} {'peak ckpt':>9} {'min/epoch':>9}"]
@@ -642,6 +690,8 @@ def format_plan(plan: Plan) -> str:
                      f"{m.weights / MB:>6.0f}MB {m.gradients / MB:>5.0f}MB {m.optimizer / MB:>5.0f}MB "
                      f"{m.activations / MB:>5.0f}MB {m.activations_checkpointed / MB:>6.0f}MB "
                      f"{m.peak() / GB:>5.2f} GB {ckpt:>9} {e.epoch_seconds / 60:>9.1f}")
+    for name, reason in plan.left_out.items():
+        lines.append(f"{name:<9} left out: {reason}")
     runtime = "CUDA context (typical)" if plan.device != "cpu" else "Python/torch runtime (measured)"
     lines += ["", f"peak = runtime + max(training, loading/saving); {runtime}: {plan.runtime_bytes / MB:.0f} MB", ""]
     lines += [f"- {line}" if not line.startswith("recommended") else line for line in plan.explanation]

@@ -322,7 +322,7 @@ class LanguageModelTask(Task):
         checked = save_and_gate(method, model, tokenizer, run_dir, batch, targets.cpu().numpy(),
                                 outputs=lambda module, inputs: token_logits(module, inputs, positions),
                                 reload=lambda: self.load_trained(run_dir, recipe),
-                                reloaded_with="load_trained (as tuneforge generate loads it)",
+                                reloaded_with="LanguageModelTask.load_trained (as tuneforge generate loads it)",
                                 after_save=carry_pooler, tolerance=LANGUAGE_MODEL_TOLERANCE,
                                 max_metric_drop=recipe.export.max_metric_drop,
                                 compared=f"token logits at {len(positions)} non-padding positions of {len(rows)} "
