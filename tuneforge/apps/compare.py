@@ -376,11 +376,12 @@ def plot_comparison(results: list[MethodResult], path: Path, language_model: boo
     ax.bar(x + 0.2, test, 0.4, label="test")
     if language_model:
         ax.set_title("token loss (lower is better)")
+        ax.legend(fontsize=8, loc="lower right")
     else:
         low = min(v for v in validation + test if v) if any(validation + test) else 0
         ax.set_ylim(max(0.0, low - 0.05), 1.0)
         ax.set_title("accuracy")
-    ax.legend(fontsize=8)
+        ax.legend(fontsize=8)
     panels = [(axes[0, 1], [100 * (r.trainable_share or 0) for r in results], "trainable parameters (%, log)", True),
               (axes[1, 0], [r.peak_memory_mb or 0 for r in results], "peak memory (MB)", False),
               (axes[1, 1], [r.train_seconds or 0 for r in results], "train time (s)", False)]

@@ -104,7 +104,8 @@ def train_command(recipe_path: str | None, overrides: list[str], output: str | N
     start_manifest(run_dir, recipe, recipe_path, overrides, resume=status.data if checkpoint is not None else None)
     try:
         with StopRequest(log).installed() as stop:
-            result = train(recipe, data, run_dir, log=log, resume_from=checkpoint, stop=stop)
+            result = train(recipe, data, run_dir, log=log, resume_from=checkpoint, stop=stop,
+                           on_facts=lambda facts: status.update(**facts))
         status.update(trainable_params=result.trainable_params, total_params=result.total_params,
                       trainable_share=result.trainable_params / result.total_params, best_epoch=result.best_epoch,
                       stopped_early=result.stopped_early, precision=result.runtime.precision_name,

@@ -33,7 +33,7 @@ from tuneforge.core.engine.runtime import physical_cores
 from tuneforge.core.engine.validate import validate_job
 from tuneforge.core.recipe import load_recipe
 from tuneforge import __version__
-from tuneforge.core.tasks import task_for
+from tuneforge.core.tasks import TASKS, task_for
 from tuneforge.base.runfolder import RunStatus, new_run_dir
 from tuneforge.core.engine.loop import train
 
@@ -98,12 +98,15 @@ def prepare_search(recipe_path: str, space_path: str, trials: int, storage: str 
     overrides = list(overrides or [])
     job = validate_job(recipe_path, overrides)  # recipe keys, data files, labels, model config: before any trial
     recipe = job.recipe
-    if recipe.task != "classification":
-        raise UserError(f"tuneforge search: task {recipe.task} is not supported yet (classification only)")
+    task = task_for(recipe.task)
+    if not task.supports_search:
+        supported = ", ".join(name for name, kind in TASKS.items() if kind.supports_search)
+        raise UserError(f"tuneforge search: task {recipe.task} is not supported yet ({supported} only)")
     parameters = load_space(space_path)
     check_space_against_recipe(parameters, recipe_path, overrides, space_path)
-    if metric is None:
-        metric = recipe.train.early_stopping.metric if recipe.train.early_stopping else "f1_macro"
+    if metric is None:  # the metric the recipe keeps its best epoch by (a language model: its validation loss)
+        selection = task.model_selection(recipe.train.early_stopping)
+        metric = selection.metric if selection.keep_best else task.search_metric
     if metric not in METRIC_NAMES:
         raise UserError(f"--metric {metric!r} unknown{did_you_mean(metric, METRIC_NAMES)}; "
                         f"choose one of {', '.join(METRIC_NAMES)}")
@@ -233,8 +236,9 @@ class Objective:
         recipe, data = job.recipe, job.data
         new_run_dir(run_dir, recipe.name)
         dump_recipe(recipe, run_dir / "config.yaml")
-        (run_dir / "labels.json").write_text(json.dumps(data.label_names, indent=1, ensure_ascii=False),
-                                             encoding="utf-8")
+        if data.label_names:  # a language model has none
+            (run_dir / "labels.json").write_text(json.dumps(data.label_names, indent=1, ensure_ascii=False),
+                                                 encoding="utf-8")
         status = RunStatus(run_dir, name=recipe.name, task=recipe.task, model=recipe.model, method=recipe.method.name,
                            tuneforge_version=__version__, search={"study": spec.study_name, "trial": trial.number,
                                                                   "params": values},

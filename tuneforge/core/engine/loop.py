@@ -75,14 +75,16 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 def train(recipe: Recipe, data, run_dir: Path, log=print,
           on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None, resume_from: Path | None = None,
-          stop: StopRequest | None = None) -> TrainResult:
+          stop: StopRequest | None = None, on_facts: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Fine-tune the recipe's model on ``data`` and save it into ``run_dir``.
 
     ``resume_from``: a checkpoint folder (:mod:`tuneforge.core.engine.checkpoint`) to continue from exactly.
     ``stop``: an installed Ctrl-C handler; when it fires the loop checkpoints and raises TrainingInterrupted.
 
     ``on_epoch_end(epoch, validation_metrics)`` (1-based epoch) runs after each validation; an exception it
-    raises ends training there (``tuneforge search`` prunes trials this way)."""
+    raises ends training there (``tuneforge search`` prunes trials this way). ``on_facts(facts)`` receives what the
+    task measured before the first step (e.g. the base model's validation loss) as soon as it is known, so that
+    ``run.json`` holds it even if the run is killed."""
     config = recipe.train
     runtime = setup_runtime(config)
     dist = distributed()  # under `accelerate launch`: this process's rank; else a single process
@@ -111,6 +113,8 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
     train_set = task.encode(tokenizer, data.train, recipe, training=True)  # [task] tokens, or images (augmented)
     validation_set = task.encode(tokenizer, data.validation, recipe, training=False)
     facts.update(task.encoded_facts(recipe, {"train": train_set, "validation": validation_set}, log))
+    if on_facts is not None and facts:
+        on_facts(dict(facts))
     pad_id = tokenizer.pad_token_id
     eval_batch_size = config.eval_batch_size or 2 * config.batch_size
 

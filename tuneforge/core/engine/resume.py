@@ -53,7 +53,10 @@ def resume_facts(run_dir: Path, checkpoint: Path | None, skipped: list[dict[str,
     resumes = list(previous.get("resumes", []))
     resumes.append({"at": datetime.now().isoformat(timespec="seconds"), "checkpoint": checkpoint.name,
                     "skipped": skipped, "previous_status": previous.get("status")})
-    return {"first_started": previous.get("first_started", previous.get("started")), "resumes": resumes}
+    facts = {"first_started": previous.get("first_started", previous.get("started")), "resumes": resumes}
+    if "base_validation" in previous:  # measured before training began (language models), not again on resume
+        facts["base_validation"] = previous["base_validation"]
+    return facts
 
 
 def create_run_dir(dist: Distributed, output: str | None, name: str) -> Path:

@@ -61,8 +61,12 @@ class Task:
     # The metrics the end-of-run summary prints, in order (those present).
     summary_keys: ClassVar[tuple[str, ...]] = ("accuracy", "f1_micro", "f1_macro", "f1_weighted", "precision_macro",
                                                "recall_macro", "roc_auc")
-    # The validation metric `compare`, `search` and `runs` rank runs by, unless the recipe names one.
+    # The validation metric `compare` and `runs` rank runs by, unless the recipe names one.
     main_metric: ClassVar[str] = "accuracy"
+    # `tuneforge search`: whether trials of this task can be searched, and the metric they optimise when the
+    # recipe keeps no best epoch by its own early-stopping metric.
+    supports_search: ClassVar[bool] = False
+    search_metric: ClassVar[str] = "f1_macro"
 
     def check_recipe(self, recipe: Recipe) -> None:
         """Raise UserError when the recipe asks for something this task does not support (before any data is read)."""

@@ -62,6 +62,7 @@ class ClassificationTask(Task):
 
     name = "classification"
     export_formats = ("onnx", "torchscript", "safetensors")
+    supports_search = True
 
     def load_data(self, recipe: Recipe):
         return load_classification_data(recipe.data, recipe.train.seed, model=recipe.model)

@@ -213,6 +213,8 @@ class LanguageModelTask(Task):
     export_formats = ("safetensors",)
     summary_keys = ("loss", "perplexity", "exact_match", "rouge_l")
     main_metric = "loss"
+    supports_search = True
+    search_metric = "loss"
 
     def check_recipe(self, recipe: Recipe) -> None:
         super().check_recipe(recipe)

@@ -178,6 +178,7 @@ class EncodedImages:
 class ImageClassificationTask(ClassificationTask):
     name = "image-classification"
     export_formats = ()
+    supports_search = False
     supports_activation_cache = False
 
     def load_data(self, recipe: Recipe):
