@@ -26,10 +26,11 @@ def generate_from_run(run_dir: str, prompt: str | None, input_file: str | None, 
     if output_file is not None and Path(output_file).exists():
         raise UserError(f"{output_file}: already exists; generate never overwrites a file, choose another --output")
     recipe = load_run_recipe(Path(run_dir))
-    if recipe.task != "sft" and recipe.task != "causal-lm":
+    task = task_for(recipe.task)
+    if not task.generates_text:
         raise UserError(f"{run_dir}: a {recipe.task} run does not generate text (generate needs task sft or causal-lm)")
     settings = recipe.generative
-    model = task_for(recipe.task).load_trained(Path(run_dir), recipe)
+    model = task.load_trained(Path(run_dir), recipe)
     tokenizer = load_tokenizer(Path(run_dir) / "model")
     limit = max_new_tokens or settings.generation.max_new_tokens
     sample = ({"temperature": temperature, "top_p": top_p or settings.generation.top_p,

@@ -8,8 +8,6 @@ import sys
 import traceback
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 
 from tuneforge import __version__
@@ -33,20 +31,16 @@ from tuneforge.base.manifest import start_manifest
 from tuneforge.base.models import describe_aliases
 from tuneforge.base.recipe import dump_recipe
 from tuneforge.base.runfolder import RunStatus
-from tuneforge.base.tables import SOURCE_ROW, read_table, write_table
-from tuneforge.core.data.splits import read_split, to_split
+from tuneforge.base.tables import write_table
 from tuneforge.core.engine.checkpoint import StopRequest, TrainingInterrupted, explain_out_of_memory, find_resumable
 from tuneforge.core.engine.distributed import distributed
 from tuneforge.core.engine.loop import train
 from tuneforge.core.engine.resume import check_resumable, create_run_dir, resume_facts
 from tuneforge.core.engine.tracking import check_report_to
 from tuneforge.core.engine.validate import validate_job
-from tuneforge.core.evaluate import write_evaluation
-from tuneforge.core.evaluate.summary import print_summary
 from tuneforge.core.methods import method_names, method_spec
 from tuneforge.core.recipe import load_recipe, load_run_recipe
 from tuneforge.core.tasks import task_for
-from tuneforge.core.tasks.predictor import Predictor
 
 
 def log(message: str) -> None:
@@ -149,31 +143,14 @@ def write_report_quietly(run_dir: Path) -> None:
 
 
 def eval_command(run_dir: str, data_file: str) -> int:
-
+    """``tuneforge eval RUN_DIR FILE``: the run's model on a labelled file, into ``RUN_DIR/eval/<file stem>/``."""
     task = load_run_recipe(Path(run_dir)).task if Path(run_dir).is_dir() else "classification"
-    if task != "classification":  # [task] multilabel and image runs evaluate their own way
-        return task_for(task).eval_command(run_dir, data_file)
-    predictor = Predictor(run_dir)
-    path = Path(data_file)
-    frame, notes = read_split(path, predictor.recipe.data, "eval")
-    split = to_split(frame, path, predictor.recipe.data, path.stem, {n: i for i, n in enumerate(predictor.label_names)})
-    folder = Path(run_dir) / "eval" / path.stem
-    if folder.exists() and any(folder.iterdir()):
-        raise UserError(f"{folder}: an evaluation of a file named '{path.stem}' already exists; it is never "
-                        "overwritten: rename or remove that folder first")
-    probabilities = predictor.probabilities(split.texts, split.text_pairs)
-    metrics = write_evaluation(folder, predictor.label_names, np.array(split.labels), probabilities, split.texts,
-                               split.text_pairs, split.source_rows)
-    for note in notes:
-        log(f"note: {note}")
-    print_summary(folder, {path.stem: metrics}, 0.0)
-    print(f"  wrote {folder}/metrics.json, predictions.csv, errors.csv, confusion_matrix.png")
-    return 0
+    return task_for(task).eval_command(run_dir, data_file)  # [task] each task evaluates its own way
 
 
 def predict_command(run_dir: str, text: str | None, text_pair: str | None, input_file: str | None,
                     output_file: str | None, top: int) -> int:
-
+    """``tuneforge predict RUN_DIR``: one text (``--text``) or a file (``--input``/``--output``)."""
     if (text is None) == (input_file is None):
         raise UserError("predict: give either --text \"...\" or --input FILE --output FILE")
     if input_file is not None and output_file is None:
@@ -181,43 +158,7 @@ def predict_command(run_dir: str, text: str | None, text_pair: str | None, input
     if output_file is not None and Path(output_file).exists():
         raise UserError(f"{output_file}: already exists; predict never overwrites a file, choose another --output")
     task = load_run_recipe(Path(run_dir)).task if Path(run_dir).is_dir() else "classification"
-    if task != "classification":  # [task] multilabel and image runs predict their own way
-        return task_for(task).predict_command(run_dir, text, text_pair, input_file, output_file, top)
-    predictor = Predictor(run_dir)
-    names = predictor.label_names
-    if text is not None:
-        if not text.strip():
-            raise UserError("predict: --text is empty")
-        if predictor.is_pair_task and text_pair is None:
-            raise UserError("predict: this run classifies sentence pairs; add --text-pair \"...\"")
-        probabilities = predictor.probabilities([text], [text_pair] if text_pair is not None else None)[0]
-        order = np.argsort(-probabilities)
-        print(f"{names[order[0]]}\t{probabilities[order[0]]:.4f}")
-        for index in order[:top]:
-            print(f"  {names[index]:<30} {probabilities[index]:.4f}")
-        return 0
-
-    data = predictor.recipe.data
-    frame = read_table(input_file)
-    columns = [data.text_column] + ([data.text_pair_column] if data.text_pair_column else [])
-    for column in columns:
-        if column not in frame.columns:
-            present = ", ".join(c for c in frame.columns if c != SOURCE_ROW)
-            raise UserError(f"{input_file}: no column '{column}' (the run was trained on it); the file has: {present}")
-        blank = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
-        if blank.any():
-            rows = frame.loc[blank, SOURCE_ROW].tolist()[:10]
-            raise UserError(f"{input_file}: empty text in column '{column}' at rows {', '.join(map(str, rows))}; "
-                            "fix or remove them")
-    pairs = frame[data.text_pair_column].astype(str).tolist() if data.text_pair_column else None
-    probabilities = predictor.probabilities(frame[data.text_column].astype(str).tolist(), pairs)
-    result = frame.copy()
-    result["predicted_label"] = [names[i] for i in probabilities.argmax(axis=1)]
-    result["confidence"] = np.round(probabilities.max(axis=1), 6)
-    write_table(result, output_file)
-    counts = pd.Series(result["predicted_label"]).value_counts()
-    print(f"wrote {len(result)} predictions to {output_file}: " + ", ".join(f"{k} {v}" for k, v in counts.head(5).items()))
-    return 0
+    return task_for(task).predict_command(run_dir, text, text_pair, input_file, output_file, top)  # [task]
 
 
 def models_command() -> int:

@@ -32,7 +32,7 @@ from tuneforge.apps.doctor.report import Report
 from tuneforge.apps.doctor.run_folder import check_run_folder, is_run_folder
 from tuneforge.base.errors import UserError
 from tuneforge.core.engine.validate import validate_job
-from tuneforge.base.recipe import GENERATIVE_TASKS
+from tuneforge.core.tasks import LanguageModelTask, task_for
 from tuneforge.core.recipe import load_recipe
 
 CPU_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX-BF16",
@@ -194,7 +194,7 @@ def run_doctor(recipe_path: str | None, overrides: list[str], output_dir: str | 
                    log=log)
         return report
     recipe = job.recipe
-    generative = recipe.task in GENERATIVE_TASKS  # sft / causal-lm / masked-lm: tuneforge.apps.doctor.generative
+    generative = isinstance(task_for(recipe.task), LanguageModelTask)  # preflight: tuneforge.apps.doctor.generative
     kind = f"task {recipe.task}" if generative else f"{len(job.data.label_names)} labels"
     report.add("ok", "recipe", f"valid: model {recipe.model} ({job.model_config.model_type}), method "
                f"{recipe.method.name}, {kind}, {len(job.data.train)} training rows", log=log)

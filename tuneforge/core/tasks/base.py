@@ -56,6 +56,8 @@ class Task:
     supports_distillation: ClassVar[bool] = True
     # The methods this task is checked with (None: every registered method).
     methods: ClassVar[tuple[str, ...] | None] = None
+    # `tuneforge generate`: whether a run of this task writes text.
+    generates_text: ClassVar[bool] = False
     # `tuneforge export --format`: what a run of this task can be exported to.
     export_formats: ClassVar[tuple[str, ...]] = ()
     # The metrics the end-of-run summary prints, in order (those present).
@@ -172,6 +174,15 @@ class Task:
         """Work once the best model is saved (evaluate ``data.test`` into ``run_dir/eval/test``); returns the
         summary's extra entries, e.g. ``{"test": metrics}``."""
         raise NotImplementedError
+
+    def eval_command(self, run_dir: str, data_file: str) -> int:
+        """``tuneforge eval RUN FILE`` for a run of this task: print the metrics, write ``RUN/eval/<stem>/``."""
+        raise UserError(f"eval: not supported yet for task {self.name} runs")
+
+    def predict_command(self, run_dir: str, text: str | None, text_pair: str | None, input_file: str | None,
+                        output_file: str | None, top: int) -> int:
+        """``tuneforge predict RUN`` for a run of this task (``--text`` or ``--input``/``--output``)."""
+        raise UserError(f"predict: not supported yet for task {self.name} runs")
 
     def data_summary(self, data) -> dict[str, Any]:
         """What ``run.json`` keeps about the data: label counts per split and the notes (splits, balance, augment)."""

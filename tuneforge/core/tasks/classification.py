@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
+from tuneforge.base.errors import UserError
 from tuneforge.base.models import load_tokenizer, resolve_model
 from tuneforge.base.quiet import quiet_transformers
 from tuneforge.base.recipe import Recipe
-from tuneforge.core.data.splits import ClassificationData
-from tuneforge.core.tasks.base import Task
-from tuneforge.core.data.examples import load_classification_data
+from tuneforge.base.tables import SOURCE_ROW, read_table, write_table
+from tuneforge.core.data.batching import encode_split
 from tuneforge.core.data.encode_cache import encode_split_cached
+from tuneforge.core.data.examples import load_classification_data
+from tuneforge.core.data.splits import ClassificationData, read_split, to_split
 from tuneforge.core.evaluate import classification_metrics, write_evaluation
 from tuneforge.core.evaluate.inference import predict_probabilities
-from tuneforge.core.data.batching import encode_split
+from tuneforge.core.evaluate.summary import print_summary
+from tuneforge.core.tasks.base import Task
+from tuneforge.core.tasks.predictor import Predictor
 
 
 # Names under which transformers configs keep their dropout probabilities.
@@ -96,3 +102,63 @@ class ClassificationTask(Task):
                                                  result.runtime.device)
         return {"test": write_evaluation(run_dir / "eval" / "test", data.label_names, np.array(data.test.labels),
                                          probabilities, data.test.texts, data.test.text_pairs, data.test.source_rows)}
+
+    # --------------------------------------------------------------------------- predict and eval of a run
+
+    def eval_command(self, run_dir: str, data_file: str) -> int:
+        """``tuneforge eval RUN FILE``: metrics, predictions, errors and the confusion matrix of a labelled file."""
+        predictor = Predictor(run_dir)
+        path = Path(data_file)
+        frame, notes = read_split(path, predictor.recipe.data, "eval")
+        split = to_split(frame, path, predictor.recipe.data, path.stem, {n: i for i, n in enumerate(predictor.label_names)})
+        folder = Path(run_dir) / "eval" / path.stem
+        if folder.exists() and any(folder.iterdir()):
+            raise UserError(f"{folder}: an evaluation of a file named '{path.stem}' already exists; it is never "
+                            "overwritten: rename or remove that folder first")
+        probabilities = predictor.probabilities(split.texts, split.text_pairs)
+        metrics = write_evaluation(folder, predictor.label_names, np.array(split.labels), probabilities, split.texts,
+                                   split.text_pairs, split.source_rows)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr, flush=True)
+        print_summary(folder, {path.stem: metrics}, 0.0)
+        print(f"  wrote {folder}/metrics.json, predictions.csv, errors.csv, confusion_matrix.png")
+        return 0
+
+    def predict_command(self, run_dir: str, text: str | None, text_pair: str | None, input_file: str | None,
+                        output_file: str | None, top: int) -> int:
+        """``tuneforge predict RUN``: the top labels of one text, or a predicted label and confidence per row."""
+        predictor = Predictor(run_dir)
+        names = predictor.label_names
+        if text is not None:
+            if not text.strip():
+                raise UserError("predict: --text is empty")
+            if predictor.is_pair_task and text_pair is None:
+                raise UserError("predict: this run classifies sentence pairs; add --text-pair \"...\"")
+            probabilities = predictor.probabilities([text], [text_pair] if text_pair is not None else None)[0]
+            order = np.argsort(-probabilities)
+            print(f"{names[order[0]]}\t{probabilities[order[0]]:.4f}")
+            for index in order[:top]:
+                print(f"  {names[index]:<30} {probabilities[index]:.4f}")
+            return 0
+
+        data = predictor.recipe.data
+        frame = read_table(input_file)
+        columns = [data.text_column] + ([data.text_pair_column] if data.text_pair_column else [])
+        for column in columns:
+            if column not in frame.columns:
+                present = ", ".join(c for c in frame.columns if c != SOURCE_ROW)
+                raise UserError(f"{input_file}: no column '{column}' (the run was trained on it); the file has: {present}")
+            blank = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
+            if blank.any():
+                rows = frame.loc[blank, SOURCE_ROW].tolist()[:10]
+                raise UserError(f"{input_file}: empty text in column '{column}' at rows {', '.join(map(str, rows))}; "
+                                "fix or remove them")
+        pairs = frame[data.text_pair_column].astype(str).tolist() if data.text_pair_column else None
+        probabilities = predictor.probabilities(frame[data.text_column].astype(str).tolist(), pairs)
+        result = frame.copy()
+        result["predicted_label"] = [names[i] for i in probabilities.argmax(axis=1)]
+        result["confidence"] = np.round(probabilities.max(axis=1), 6)
+        write_table(result, output_file)
+        counts = pd.Series(result["predicted_label"]).value_counts()
+        print(f"wrote {len(result)} predictions to {output_file}: " + ", ".join(f"{k} {v}" for k, v in counts.head(5).items()))
+        return 0

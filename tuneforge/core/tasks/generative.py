@@ -213,6 +213,7 @@ class LanguageModelTask(Task):
     export_formats = ("safetensors",)
     summary_keys = ("loss", "perplexity", "exact_match", "rouge_l")
     main_metric = "loss"
+    generates_text = True
     supports_search = True
     search_metric = "loss"
 
@@ -339,6 +340,12 @@ class LanguageModelTask(Task):
             return {}
         return {"test": evaluate_test(recipe, data, result, run_dir, log, self.causal)}
 
+    def predict_command(self, run_dir: str, text: str | None, text_pair: str | None, input_file: str | None,
+                        output_file: str | None, top: int) -> int:
+        raise UserError(f"predict: a {self.name} run writes text, it does not predict labels; use "
+                        f"`tuneforge generate {run_dir} --prompt \"...\"`" if self.generates_text else
+                        f"predict: not supported yet for task {self.name} runs")
+
     def data_summary(self, data: GenerativeData) -> dict[str, Any]:
         return {"notes": list(data.notes)}
 
@@ -370,6 +377,7 @@ class MaskedLanguageModelTask(LanguageModelTask):
 
     name = "masked-lm"
     causal = False
+    generates_text = False
     methods = ("full", "freeze", "lora", "dora")
 
 
