@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from conftest import run_cli
 from generative_fixtures import make_tiny_llama, write_sft_job
-from test_resume import metrics_without_timings, start_training, wait_for_checkpoint
-from tuneforge.core.engine.checkpoint import TrainingInterrupted
+from test_resume import (assert_interrupted_in_process_resumes_exactly, metrics_without_timings, start_training,
+                         wait_for_checkpoint)
 from tuneforge.core.engine.loop import train
 from tuneforge.core.engine.validate import validate_job
 from tuneforge.core.tasks import LanguageModelTask, task_for
@@ -82,36 +82,13 @@ def test_sft_killed_mid_epoch_resumes_to_the_uninterrupted_run(sft_job):
     assert not (run_dir / "checkpoints").exists()
 
 
-class StopAfter:
-    """A Ctrl-C arriving at the ``steps``-th optimizer step end (what StopRequest's handler would set)."""
-
-    def __init__(self, steps: int) -> None:
-        self.remaining = steps
-
-    @property
-    def requested(self) -> bool:
-        self.remaining -= 1
-        return self.remaining < 0
-
-
 @pytest.mark.parametrize("method", ["prompt", "full"])
 def test_sft_interrupted_in_process_resumes_exactly(sft_job, tmp_path, method):
     """Prompt tuning (base + adapter, virtual tokens) and full fine-tuning resume exactly too."""
     overrides = [f"method.name={method}", "train.epochs=2", "train.checkpoint_every_steps=100",
                  "generative.generation.evaluate_base=false"]
-    job = validate_job(sft_job / "recipe.yaml", overrides)
-    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
-    reference.mkdir()
-    interrupted.mkdir()
-    quiet = lambda message: None  # noqa: E731
-    expected = train(job.recipe, job.data, reference, log=quiet)
-    with pytest.raises(TrainingInterrupted) as info:
-        train(job.recipe, job.data, interrupted, log=quiet, stop=StopAfter(22))  # epoch 2, batch 4 of 18
-    resumed = train(job.recipe, job.data, interrupted, log=quiet, resume_from=info.value.checkpoint)
-    assert resumed.best_metrics == expected.best_metrics
-    for (name, value), (_, other) in zip(expected.model.state_dict().items(), resumed.model.state_dict().items()):
-        assert torch.equal(value, other), name
-    assert metrics_without_timings(interrupted) == metrics_without_timings(reference)
+    assert_interrupted_in_process_resumes_exactly(sft_job / "recipe.yaml", overrides, tmp_path,
+                                                  stop_after_steps=22)  # epoch 2, batch 4 of 18
 
 
 def test_nan_loss_steps_are_skipped_and_counted_for_sft(sft_job, tmp_path, monkeypatch):

@@ -153,26 +153,34 @@ class StopAfter:
         return self.remaining < 0
 
 
-@pytest.mark.parametrize("method", ["lora", "gradual"])
-def test_interrupted_and_resumed_in_process_equals_uninterrupted(job, tmp_path, method):
-    """Methods with adapters (LoRA), a changing trainable set and the frozen-prefix activation cache
-    (gradual: 3 layers, epoch 3 still has the bottom one frozen) resume exactly too."""
+def assert_interrupted_in_process_resumes_exactly(recipe: Path, overrides: list[str], folder: Path,
+                                                  stop_after_steps: int) -> None:
+    """Train ``recipe`` once through; again, stopped after ``stop_after_steps`` optimizer steps and resumed from
+    the checkpoint that stop wrote: the best metrics, every weight and ``metrics.jsonl`` must be identical."""
     from tuneforge.core.engine.checkpoint import TrainingInterrupted
     from tuneforge.core.engine.loop import train
     from tuneforge.core.engine.validate import validate_job
 
-    overrides = [f"method.name={method}", "train.epochs=3", "train.checkpoint_every_steps=100"]
-    job_ = validate_job(job / "recipe.yaml", overrides)
-    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    job_ = validate_job(recipe, overrides)
+    reference, interrupted = folder / "reference", folder / "interrupted"
     reference.mkdir()
     interrupted.mkdir()
     quiet = lambda message: None  # noqa: E731
     expected = train(job_.recipe, job_.data, reference, log=quiet)
     with pytest.raises(TrainingInterrupted) as info:
-        train(job_.recipe, job_.data, interrupted, log=quiet, stop=StopAfter(18))  # epoch 2, batch 4 of 14
-    assert info.value.checkpoint.name.endswith("-step-18")
+        train(job_.recipe, job_.data, interrupted, log=quiet, stop=StopAfter(stop_after_steps))
+    assert info.value.checkpoint.name.endswith(f"-step-{stop_after_steps}")
     resumed = train(job_.recipe, job_.data, interrupted, log=quiet, resume_from=info.value.checkpoint)
     assert resumed.best_metrics == expected.best_metrics
     for (name, value), (_, other) in zip(expected.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(value, other), name
     assert metrics_without_timings(interrupted) == metrics_without_timings(reference)
+
+
+@pytest.mark.parametrize("method", ["lora", "gradual"])
+def test_interrupted_and_resumed_in_process_equals_uninterrupted(job, tmp_path, method):
+    """Methods with adapters (LoRA), a changing trainable set and the frozen-prefix activation cache
+    (gradual: 3 layers, epoch 3 still has the bottom one frozen) resume exactly too."""
+    overrides = [f"method.name={method}", "train.epochs=3", "train.checkpoint_every_steps=100"]
+    assert_interrupted_in_process_resumes_exactly(job / "recipe.yaml", overrides, tmp_path,
+                                                  stop_after_steps=18)  # epoch 2, batch 4 of 14

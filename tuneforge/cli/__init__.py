@@ -173,64 +173,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_command(args: argparse.Namespace) -> int:
+    """Call the function of :mod:`tuneforge.cli.commands` that ``args.command`` names, with its arguments."""
+    # Imported here, not at the top: `tuneforge --help` and usage errors answer without loading torch,
+    # transformers and every application (the commands module imports them all).
+    from tuneforge.cli import commands
+
+    dispatch = {
+        "train": lambda: commands.train_command(args.recipe, args.overrides, args.output, args.resume,
+                                                args.allow_pickle),
+        "validate": lambda: commands.validate_command(args.recipe, args.overrides),
+        "eval": lambda: commands.eval_command(args.run_dir, args.data),
+        "predict": lambda: commands.predict_command(args.run_dir, args.text, args.text_pair, args.input, args.output,
+                                                    args.top),
+        "generate": lambda: commands.generate_command(args.run_dir, args.prompt, args.input, args.output,
+                                                      args.max_new_tokens, args.temperature, args.top_p),
+        "models": commands.models_command,
+        "report": lambda: commands.report_command(args.run_dir),
+        "data inspect": lambda: commands.data_inspect_command(
+            args.file, args.text_column, args.text_pair_column, args.label_column, args.against, args.recipe,
+            args.model, args.max_length, args.output),
+        "data clean": lambda: commands.data_clean_command(
+            args.file, args.output, args.text_column, args.text_pair_column, args.label_column, args.dedupe,
+            args.resolve_conflicts, args.drop_empty, args.log_file),
+        "data noise": lambda: commands.data_noise_command(args.recipe, args.overrides, args.folds, args.output,
+                                                          args.top),
+        "export": lambda: commands.export_command(args.run_dir, args.export_format, args.quantize, args.output,
+                                                  args.data, args.min_agreement, not args.no_benchmark),
+        "serve": lambda: commands.serve_command(args.path, args.host, args.port, args.max_texts, args.max_text_chars,
+                                                args.max_batch, args.threads),
+        "compare": lambda: commands.compare_command(args.recipe, args.methods, args.overrides, args.output,
+                                                    args.budget_minutes, args.learning_rates),
+        "search": lambda: commands.search_command(args.recipe, args.space, args.trials, args.storage, args.jobs,
+                                                  args.pruner, args.sampler, args.metric, args.study_name,
+                                                  args.output, args.overrides),
+        "doctor": lambda: commands.doctor_command(args.recipe, args.overrides, args.output, args.steps,
+                                                  args.json_output),
+        "runs": lambda: commands.runs_command(args.folder, args.sort, args.desc, args.json_output),
+        "plan": lambda: commands.plan_command(args.recipe, args.overrides, args.memory_gb, args.minutes, args.gpu,
+                                              args.methods, args.json_output),
+    }
+    name = f"data {args.data_command}" if args.command == "data" else args.command
+    return dispatch[name]()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tuneforge`` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_libraries()
     args = build_parser().parse_args(argv)
-    from tuneforge.cli import commands
-
     try:
-        if args.command == "train":
-            return commands.train_command(args.recipe, args.overrides, args.output, args.resume, args.allow_pickle)
-        if args.command == "validate":
-            return commands.validate_command(args.recipe, args.overrides)
-        if args.command == "eval":
-            return commands.eval_command(args.run_dir, args.data)
-        if args.command == "predict":
-            return commands.predict_command(args.run_dir, args.text, args.text_pair, args.input, args.output, args.top)
-        if args.command == "generate":
-            return commands.generate_command(args.run_dir, args.prompt, args.input, args.output, args.max_new_tokens,
-                                             args.temperature, args.top_p)
-        if args.command == "models":
-            return commands.models_command()
-        if args.command == "report":
-            return commands.report_command(args.run_dir)
-        if args.command == "data" and args.data_command == "inspect":
-            return commands.data_inspect_command(args.file, args.text_column, args.text_pair_column, args.label_column,
-                                                 args.against, args.recipe, args.model, args.max_length, args.output)
-        if args.command == "data" and args.data_command == "clean":
-            return commands.data_clean_command(args.file, args.output, args.text_column, args.text_pair_column,
-                                               args.label_column, args.dedupe, args.resolve_conflicts,
-                                               args.drop_empty, args.log_file)
-        if args.command == "data" and args.data_command == "noise":
-            return commands.data_noise_command(args.recipe, args.overrides, args.folds, args.output, args.top)
-        if args.command == "export":
-            return commands.export_command(args.run_dir, args.export_format, args.quantize, args.output, args.data,
-                                           args.min_agreement, not args.no_benchmark)
-        if args.command == "serve":
-            return commands.serve_command(args.path, args.host, args.port, args.max_texts, args.max_text_chars,
-                                          args.max_batch, args.threads)
-        if args.command == "compare":
-            return commands.compare_command(args.recipe, args.methods, args.overrides, args.output,
-                                            args.budget_minutes, args.learning_rates)
-        if args.command == "search":
-            return commands.search_command(args.recipe, args.space, args.trials, args.storage, args.jobs, args.pruner,
-                                           args.sampler, args.metric, args.study_name, args.output, args.overrides)
-        if args.command == "doctor":
-            return commands.doctor_command(args.recipe, args.overrides, args.output, args.steps, args.json_output)
-        if args.command == "runs":
-            return commands.runs_command(args.folder, args.sort, args.desc, args.json_output)
-        if args.command == "plan":
-            return commands.plan_command(args.recipe, args.overrides, args.memory_gb, args.minutes, args.gpu,
-                                         args.methods, args.json_output)
+        return run_command(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    raise AssertionError(f"unhandled command {args.command}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Shipping a trained classification run: export, parity, quantization, benchmarks (``tuneforge export``).
+"""Shipping a trained run: export, parity, quantization, benchmarks (``tuneforge export``), and serving it.
 
 This package owns everything between a finished run folder and a model that runs without tuneforge:
 
@@ -13,8 +13,11 @@ This package owns everything between a finished run folder and a model that runs
 - :mod:`~tuneforge.apps.export.latency` — file size, p50/p95 latency at batch 1, rows/s at batch 32 and
   test accuracy, measured on this CPU.
 - :mod:`~tuneforge.apps.export.pipeline` — ``export_run``: the command's steps and ``export_report.json``.
+- :mod:`~tuneforge.apps.export.language_model` — language-model runs (sft, causal-lm, masked-lm) to
+  safetensors + tokenizer, checked on token logits.
 
-Only classification runs are supported; other tasks fail with "not supported yet".
+What a run exports to is its task's ``export_formats``; other formats and tasks fail with "not supported yet".
+``tuneforge serve`` serves classification runs and their exports only.
 """
 
 from tuneforge.apps.export.pipeline import export_run

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tuneforge.core.evaluate import classification_metrics
+
 
 @dataclass
 class BenchSettings:
@@ -73,8 +75,6 @@ def benchmark(variants: dict, texts: list[str], pairs: list[str] | None, setting
 
 def labelled_accuracy(classifier, texts: list[str], pairs: list[str] | None, gold: list[int]) -> dict:
     """accuracy and macro F1 of ``classifier`` on a labelled split."""
-    from tuneforge.core.evaluate import classification_metrics  # lazy: scikit-learn, ~2 s; serve imports this
-
     metrics = classification_metrics(np.array(gold), classifier.probabilities(texts, pairs), classifier.label_names,
                                      per_class=False)
     return {"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"], "n_examples": metrics["n_examples"]}

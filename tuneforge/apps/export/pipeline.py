@@ -1,6 +1,10 @@
 """``tuneforge export``: write the model in a deployable format beside its tokenizer and label map, check
 parity with the run's PyTorch model, measure, and record it all in ``export_report.json``.
 
+Which formats a run exports to is its task's ``export_formats`` (:class:`tuneforge.core.tasks.base.Task`);
+anything else fails with "not supported yet". Language-model runs (sft, causal-lm, masked-lm) go to
+:mod:`tuneforge.apps.export.language_model`; the rest of this module is the classification export.
+
 An export folder holds exactly one model (``model.onnx``, ``model.pt`` or ``model.safetensors`` +
 ``config.json``): with ``--quantize int8`` that is the INT8 model, and the fp32 model of the same
 format is built in a scratch folder only to be measured as the "before".
@@ -20,19 +24,19 @@ from typing import Callable
 
 import numpy as np
 
-from tuneforge import __version__
-from tuneforge.base.atomic import write_json_atomic
 from tuneforge.base.errors import UserError
 from tuneforge.base.integrity import IntegrityError, export_failure_message, gate_export
 from tuneforge.base.tables import read_table
 from tuneforge.core.data.examples import load_classification_data
 from tuneforge.core.data.splits import read_split, to_split
 from tuneforge.core.recipe import load_run_recipe
+from tuneforge.core.tasks import LanguageModelTask, task_for
+from tuneforge.apps.export import language_model
 from tuneforge.apps.export.latency import BenchSettings, benchmark, labelled_accuracy, size_bytes
 from tuneforge.apps.export.parity import MIN_AGREEMENT, ParityError, check_parity, failure_message
 from tuneforge.apps.export.runtime import (FORMATS, MODEL_FILES, REPORT_NAME, OnnxBackend, TextClassifier,
-                                           TorchScriptBackend, check_run_task, cpu_threads, load_classifier,
-                                           unsupported_task)
+                                           TorchScriptBackend, check_export_format, cpu_threads, export_versions,
+                                           load_classifier, run_task, write_report)
 # the exporters as modules, not names: looked up at call time, so a test can replace one (a broken exporter)
 from tuneforge.apps.export import onnx as onnx_export, quantize as quantization, torchscript as torchscript_export
 
@@ -45,7 +49,11 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
                min_agreement: float = MIN_AGREEMENT, measure: bool = True, settings: BenchSettings | None = None,
                log: Callable[[str], None] = lambda message: None) -> tuple[Path, dict]:
     """Export ``run_dir``; return the export folder and the report. Raises ParityError (after writing the
-    report) when the exported model disagrees with the run's model on too many validation rows."""
+    report) when the exported model disagrees with the run's model on too many validation rows.
+
+    ``fmt`` must be one of the run's task's ``export_formats``; language-model runs are exported by
+    :func:`tuneforge.apps.export.language_model.export_language_model` (``data_file``, ``parity_rows``,
+    ``measure`` and ``settings`` apply to classification runs only)."""
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
         raise UserError(f"export: unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
@@ -53,11 +61,13 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
         raise UserError(f"export: unknown quantization '{quantize}'; the one supported is int8")
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run folder not found")
-    check_run_task(run_dir)
+    check_export_format(run_task(run_dir), fmt)
     recipe = load_run_recipe(run_dir)
-    if recipe.task != "classification":
-        raise unsupported_task(recipe.task)
-    if fmt == "safetensors" and quantize:
+    task = task_for(recipe.task)
+    is_language_model = isinstance(task, LanguageModelTask)
+    if is_language_model:
+        language_model.check_request(run_dir, recipe, quantize, data_file)
+    elif fmt == "safetensors" and quantize:
         raise UserError("export: --format safetensors --quantize int8: not supported yet (safetensors stores "
                         "plain tensors, PyTorch's dynamic INT8 layers keep packed weights); use --format onnx or "
                         "--format torchscript with --quantize int8")
@@ -67,6 +77,8 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists and is not empty; export never overwrites, choose another --output "
                         "or remove that folder yourself")
+    if is_language_model:
+        return language_model.export_language_model(run_dir, recipe, task, out, min_agreement=min_agreement, log=log)
 
     started = time.time()
     reference = load_classifier(run_dir)
@@ -124,9 +136,9 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
             "labels": label_names,
             "run_dir": str(run_dir.resolve()),
             "created": datetime.now().isoformat(timespec="seconds"),
-            "versions": _versions(),
+            "versions": export_versions(),
         }
-        _write_report(out, report)
+        write_report(out, report)
 
         candidate = load_classifier(out, require_parity=False)
         parity = check_parity(reference, candidate, texts, pairs, min_agreement)
@@ -141,12 +153,12 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
         report["integrity"] = {k: v for k, v in gate["probe"].items()}
         if not parity["passed"]:
             report["status"] = "failed"
-            _write_report(out, report)
+            write_report(out, report)
             also = f" The integrity gate also failed: {'; '.join(gate['probe']['problems'])}." if not gate["passed"] else ""
             raise ParityError(failure_message(parity, out / REPORT_NAME) + "." + also)
         if not gate["passed"]:
             report["status"] = "failed"
-            _write_report(out, report)
+            write_report(out, report)
             raise IntegrityError(export_failure_message(gate, out, run_dir))
 
         if measure:
@@ -162,7 +174,7 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
                                            settings or BenchSettings(), log)
         report["status"] = "ok"
         report["seconds"] = round(time.time() - started, 1)
-        _write_report(out, report)
+        write_report(out, report)
         return out, report
     except (ParityError, IntegrityError):
         raise  # the folder stays, with its failed report, for inspection (serve refuses it)
@@ -175,11 +187,6 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _write_report(out: Path, report: dict) -> None:
-    write_json_atomic(out / REPORT_NAME, report)
-    (out / REPORT_NAME).chmod(0o644)  # readable like the model files beside it (the temporary file was 0600)
 
 
 def load_parity_rows(recipe, data_file: str | Path | None, limit: int) -> tuple[list[str], list[str] | None, str]:
@@ -323,24 +330,13 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata
-
-    versions = {"tuneforge": __version__}
-    for package in ("torch", "transformers", "onnx", "onnxruntime"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
 def summary_lines(out: Path, report: dict) -> list[str]:
     """What ``tuneforge export`` prints: the parity result and the measured table."""
     parity = report["parity"]
     lines = [f"exported {report['format']}{' ' + report['quantize'] if report['quantize'] else ''} to {out}: "
              f"{', '.join(report['files'])}",
-             f"  parity vs the run's PyTorch model on {parity['n_examples']} rows of {parity['rows']}: agreement "
+             f"  parity vs the run's PyTorch model on {parity['n_examples']} {parity.get('unit', 'rows')} of "
+             f"{parity['rows']}: agreement "
              f"{parity['agreement']:.2%}, max |Δlogit| {parity['max_abs_logit_diff']:.3g}"]
     bench = report.get("benchmark")
     if bench:

@@ -1,9 +1,11 @@
-"""One inference interface over a run folder (PyTorch) and an export folder (ONNX Runtime, TorchScript,
-safetensors): texts in, logits out. Export, parity, benchmarks and the server all go through it, so the
-numbers they report are about the same code path."""
+"""One inference interface over a classification run folder (PyTorch) and its export folder (ONNX Runtime,
+TorchScript, safetensors): texts in, logits out. Export, parity, benchmarks and the server all go through it,
+so the numbers they report are about the same code path. Also what every export shares: which task's runs
+export to which format (the task's ``export_formats``), and ``export_report.json``."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import warnings
 from dataclasses import dataclass
@@ -12,11 +14,17 @@ from typing import Protocol
 
 import numpy as np
 
+from tuneforge import __version__
+from tuneforge.base.atomic import write_json_atomic
 from tuneforge.base.errors import UserError
+from tuneforge.core.tasks import TASKS, LanguageModelTask
+from tuneforge.core.tasks.predictor import Predictor
 
 REPORT_NAME = "export_report.json"
 FORMATS = ("onnx", "torchscript", "safetensors")
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt", "safetensors": "model.safetensors"}
+# What `tuneforge serve` (and load_classifier) reads: a single-label classifier and its labels.json.
+SERVED_TASKS = ("classification",)
 
 
 def cpu_threads() -> int:
@@ -26,8 +34,56 @@ def cpu_threads() -> int:
     return torch.get_num_threads()
 
 
-def unsupported_task(task: str) -> UserError:
-    return UserError(f"task '{task}' runs: not supported yet; export and serve work for classification runs only")
+def exportable_tasks() -> str:
+    """Which tasks' runs export to what, in words: "classification (onnx, torchscript, safetensors); sft,
+    causal-lm, masked-lm (safetensors)", from each task's ``export_formats``."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, task in TASKS.items():
+        if task.export_formats:
+            groups.setdefault(tuple(task.export_formats), []).append(name)
+    return "; ".join(f"{', '.join(names)} ({', '.join(formats)})" for formats, names in groups.items())
+
+
+def check_export_format(task: str, fmt: str) -> None:
+    """Fail with "not supported yet" unless runs of ``task`` (a run's ``task:``, possibly unknown to this
+    tuneforge) declare ``fmt`` in their task's ``export_formats``."""
+    task_class = TASKS.get(task)
+    formats = tuple(task_class.export_formats) if task_class is not None else ()
+    if not formats:
+        raise UserError(f"task '{task}' runs: not supported yet; export works for runs of {exportable_tasks()}")
+    if fmt not in formats:
+        raise UserError(f"export --format {fmt}: not supported yet for task '{task}' runs; they export to "
+                        f"{', '.join(formats)} (--format {formats[0]})")
+
+
+def unsupported_task(task: str, what: str = "runs") -> UserError:
+    """What serve (and :func:`load_classifier`) answers for a run or an export of a task it does not serve."""
+    hint = ""
+    task_class = TASKS.get(task)
+    if task_class is not None and issubclass(task_class, LanguageModelTask):
+        auto = "AutoModelForCausalLM" if task_class.causal else "AutoModelForMaskedLM"
+        hint = (f"; a language model's safetensors export (tuneforge export RUN_DIR --format safetensors) loads "
+                f"with transformers' {auto}.from_pretrained(DIR)"
+                + ("; `tuneforge generate RUN_DIR` answers prompts from the run" if task_class.causal else ""))
+    return UserError(f"task '{task}' {what}: not supported yet; serve works for {', '.join(SERVED_TASKS)} runs and "
+                     f"their exports only{hint}")
+
+
+def write_report(out: Path, report: dict) -> None:
+    """``export_report.json`` in the export folder, atomically, readable like the model files beside it."""
+    write_json_atomic(out / REPORT_NAME, report)
+    (out / REPORT_NAME).chmod(0o644)  # the temporary file was 0600
+
+
+def export_versions() -> dict[str, str]:
+    """The library versions an export records."""
+    versions = {"tuneforge": __version__}
+    for package in ("torch", "transformers", "onnx", "onnxruntime"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
 
 
 def model_input_names(tokenizer, model=None) -> list[str]:
@@ -197,22 +253,27 @@ def load_classifier(path: str | Path, threads: int | None = None, require_parity
     raise UserError(f"{path}: neither a run folder (no config.yaml) nor an export folder (no {REPORT_NAME})")
 
 
-def check_run_task(run_dir: Path) -> None:
-    """Fail with "not supported yet" for runs of another task, before the recipe schema rejects them."""
+def run_task(run_dir: Path) -> str:
+    """The ``task:`` of a run folder's config.yaml as written (classification when absent), read before the
+    recipe schema, which would reject a task this tuneforge does not know with a less useful message."""
     import yaml
 
-    path = run_dir / "config.yaml"
-    if path.is_file():
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        task = raw.get("task", "classification") if isinstance(raw, dict) else "classification"
-        if task != "classification":
-            raise unsupported_task(str(task))
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return "classification"
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return str(raw.get("task", "classification")) if isinstance(raw, dict) else "classification"
+
+
+def check_run_task(run_dir: Path) -> None:
+    """Fail with "not supported yet" for runs that serve does not serve (see :data:`SERVED_TASKS`)."""
+    task = run_task(run_dir)
+    if task not in SERVED_TASKS:
+        raise unsupported_task(task, "runs")
 
 
 def _load_run(run_dir: Path, threads: int | None) -> TextClassifier:
     """The run's model as :class:`tuneforge.core.tasks.predictor.Predictor` loads it (whatever the method's layout)."""
-    from tuneforge.core.tasks.predictor import Predictor  # lazy: transformers+sklearn, ~3 s; exports never need it
-
     check_run_task(run_dir)
     predictor = Predictor(run_dir)
     model, tokenizer, recipe = predictor.model.eval(), predictor.tokenizer, predictor.recipe
@@ -225,8 +286,8 @@ def _load_export(export_dir: Path, threads: int | None, require_parity: bool) ->
     from transformers import AutoTokenizer
 
     report = read_report(export_dir)
-    if report.get("task", "classification") != "classification":
-        raise unsupported_task(report["task"])
+    if report.get("task", "classification") not in SERVED_TASKS:
+        raise unsupported_task(str(report["task"]), "exports")
     parity = report.get("parity") or {}
     if require_parity and not parity.get("passed"):
         if not parity:
