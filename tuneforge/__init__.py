@@ -1,9 +1,11 @@
 """tuneforge: one YAML recipe in, one run folder out.
 
-The package is organised so that each concern meets the others only through small typed
-interfaces: ``config`` (the recipe), ``data`` (files -> examples), ``methods`` (how a model is
-made trainable), ``train`` (the loop), ``evaluate`` (metrics, plots), ``predict`` (inference
-from a finished run).
+Four layers, imports pointing only down (docs/architecture.md; checked by ``lint-imports``):
+
+- :mod:`tuneforge.base` — errors, the recipe schema, the run folder, model resolution, the integrity gate;
+- :mod:`tuneforge.core` — data, methods, tasks, evaluation and the one training loop (``core.engine``);
+- :mod:`tuneforge.apps` — compare, plan, search, export and serve, doctor, report, runs, generate, data tools;
+- :mod:`tuneforge.cli` — the ``tuneforge`` command line.
 """
 
 __version__ = "0.1.0"

@@ -1,5 +1,6 @@
-"""``tuneforge serve``: a small HTTP server over a run folder (PyTorch) or an export folder (ONNX Runtime,
-TorchScript, safetensors), on FastAPI and uvicorn.
+"""``tuneforge serve``: a small HTTP server over a classification run folder (PyTorch) or its export folder
+(ONNX Runtime, TorchScript, safetensors), on FastAPI and uvicorn. Runs and exports of other tasks (language
+models included) are refused with "not supported yet" when loaded (:func:`runtime.unsupported_task`).
 
 - ``POST /predict`` with ``{"texts": [...]}`` (plus ``"text_pairs": [...]`` for sentence-pair runs) returns
   one prediction per text: the label, its probability and the probability of every label.
