@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from tuneforge.apps.plan import _reset_hwm as reset_peak_resident, _vm_hwm as peak_resident, resident_bytes
+from tuneforge.apps.plan import peak_resident_bytes as peak_resident, reset_peak_resident, resident_bytes
 
 KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
 

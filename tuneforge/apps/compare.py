@@ -97,10 +97,9 @@ def parse_methods(text: str) -> list[str]:
 
 
 def task_methods(task: Task, methods: list[str] | None) -> list[str]:
-    """The methods to compare on ``task``: without a choice (or with exactly :data:`DEFAULT_METHODS`, the
-    command's default), those of the default list the task supports; a chosen method the task does not support
-    is refused, naming the supported ones."""
-    if methods is None or (tuple(methods) == DEFAULT_METHODS and task.methods is not None):
+    """The methods to compare on ``task``: without a choice, those of :data:`DEFAULT_METHODS` the task supports;
+    a chosen method the task does not support is refused, naming the supported ones."""
+    if methods is None:
         return [name for name in DEFAULT_METHODS if task.methods is None or name in task.methods]
     unsupported = [name for name in methods if task.methods is not None and name not in task.methods]
     if unsupported:

@@ -433,8 +433,8 @@ def estimate_method(recipe, name: str, batches_file: Path, runtime_bytes: int, c
     return estimate
 
 
-def _vm_hwm() -> int:
-    """This process's peak resident bytes since the last :func:`_reset_hwm` (Linux), else ru_maxrss."""
+def peak_resident_bytes() -> int:
+    """This process's peak resident bytes since the last :func:`reset_peak_resident` (Linux), else ru_maxrss."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -446,7 +446,7 @@ def _vm_hwm() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _reset_hwm() -> None:
+def reset_peak_resident() -> None:
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -471,13 +471,13 @@ def probe(raw: dict, batches_file: Path) -> dict:
     torch.set_num_threads(recipe.train.num_threads or physical_cores())
     torch.manual_seed(recipe.train.seed)
     before = resident_bytes()
-    _reset_hwm()
+    reset_peak_resident()
     _, model = task.load_model(recipe, work["label_names"])  # [task] a classifier, or a language model
     method = build_method(recipe.method)
     model = method.prepare(model)
     # the widest trainable set the run reaches (gradual unfreezing: its last epoch)
     method.on_epoch_start(model, recipe.train.epochs - 1)
-    load_bytes = _vm_hwm() - before
+    load_bytes = peak_resident_bytes() - before
     trainable = [p for _, p in method.optimizer_parameters(model) if p.requires_grad]
     blocks = layer_blocks(model)
     optimizer = build_optimizer(model, method.optimizer_parameters(model), recipe.train)
@@ -501,17 +501,17 @@ def probe(raw: dict, batches_file: Path) -> dict:
     supports_checkpointing = bool(getattr(model, "supports_gradient_checkpointing", False))
     train_bytes_checkpointed = None
     if supports_checkpointing:
-        _reset_hwm()
+        reset_peak_resident()
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         step(work["widest"], 1)
         model.gradient_checkpointing_disable()
-        train_bytes_checkpointed = _vm_hwm() - before
+        train_bytes_checkpointed = peak_resident_bytes() - before
     # ... then as in training: a warm-up step, the timed steps, the epoch's widest batch (the memory peak)
-    _reset_hwm()
+    reset_peak_resident()
     timings.clear()
     for number, batch in enumerate(work["timed"] + [work["widest"]], start=2):
         step(batch, number)
-    train_bytes = _vm_hwm() - before  # weights (paged in by the first forward), gradients, states, activations
+    train_bytes = peak_resident_bytes() - before  # weights (paged in by the first forward), gradients, states, activations
     timed = timings[1:-1] or timings
     step_times, forward_times = [t for t, _ in timed], [f for _, f in timed]
     saved, outside, largest_block, block_input = activation_bytes(model, work["widest"], loss_fn)

@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="train several methods under one budget; write a comparison "
                                                   "table and plot (docs/compare-and-plan.md)")
     with_overrides(compare)
-    compare.add_argument("--methods", default="full,freeze,adapter,lora,prefix,prompt",
-                         help="comma-separated methods (default full,freeze,adapter,lora,prefix,prompt)")
+    compare.add_argument("--methods", help="comma-separated methods (default full,freeze,adapter,lora,prefix,prompt: "
+                                           "those of them the recipe's task supports)")
     compare.add_argument("--budget-minutes", type=float, help="wall-clock training budget per method")
     compare.add_argument("--learning-rate", dest="learning_rates", choices=["auto", "recipe"], default="auto",
                          help="auto: each method's default LR except the recipe's own method; recipe: the recipe's LR "

@@ -254,9 +254,11 @@ def serve_command(path: str, host: str, port: int, max_texts: int, max_text_char
     return 0
 
 
-def compare_command(recipe_path: str, methods: str, overrides: list[str], output: str | None,
+def compare_command(recipe_path: str, methods: str | None, overrides: list[str], output: str | None,
                     budget_minutes: float | None, learning_rates: str) -> int:
-    folder, results = compare(recipe_path, parse_methods(methods), overrides, output, budget_minutes,
+    """``tuneforge compare RECIPE``: train each method under one budget; print and write the comparison."""
+    folder, results = compare(recipe_path, parse_methods(methods) if methods else None, overrides, output,
+                              budget_minutes,
                               learning_rates, log=log)
     print(table_markdown(results))
     print(f"\nwrote {folder / 'compare.md'}, compare.json, compare.png")

@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from tuneforge.base.errors import UserError
-from tuneforge.core.methods.injection import InjectedMethod, find_in_block, layer_stack
+from tuneforge.core.methods.injection import InjectedMethod, layer_stack
 from tuneforge.core.methods.registry import MethodConfig, register
 
 # (key, value) projection names of the self-attention modules we know how to extend.
