@@ -14,6 +14,7 @@ from torch import nn
 from conftest import run_cli
 from tiny_runs import shared_tiny_run
 from tuneforge.apps.doctor import checks as doctor
+from tuneforge.apps.doctor import preflight
 
 
 def test_doctor_without_a_recipe_reports_the_machine():
@@ -85,7 +86,7 @@ def test_gradient_check_finds_dead_and_leaking_tensors():
     model(torch.ones(1, 2)).sum().backward()
     model.frozen.weight.grad = torch.ones(2, 2)  # what a method that forgot to detach would leave
     report = doctor.Report()
-    doctor.check_gradients(report, model, {n: p for n, p in model.named_parameters() if p.requires_grad}, None)
+    preflight.check_gradients(report, model, {n: p for n, p in model.named_parameters() if p.requires_grad}, None)
     failures = [c.detail for c in report.failures]
     assert any("got no or all-zero gradient: unused.weight, unused.bias" in d for d in failures)
     assert any("frozen tensors got gradients: frozen.weight" in d for d in failures)
@@ -106,7 +107,7 @@ def test_doctor_refuses_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_pick_rows_takes_every_label():
-    assert doctor.pick_rows([0, 0, 0, 0, 1, 1, 2], 4) == [0, 1, 4, 6]
+    assert preflight.pick_rows([0, 0, 0, 0, 1, 1, 2], 4) == [0, 1, 4, 6]
 
 
 # ----------------------------------------------------------------------------- manifest and run list
