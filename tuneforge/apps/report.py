@@ -168,17 +168,20 @@ def curves_png(steps: list[dict], epochs: list[dict]) -> bytes | None:
     axes[1].set_title("learning rate")
     axes[1].set_xlabel("optimizer step")
     axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    plotted = False
+    # classifiers' metrics, or a language model's perplexity (epoch 0: the untrained model)
     for key, color in (("validation_accuracy", "#1f77b4"), ("validation_f1_macro", "#ff7f0e"),
-                       ("validation_roc_auc", "#9467bd")):
+                       ("validation_roc_auc", "#9467bd"), ("validation_perplexity", "#8c564b")):
         points = [(r["epoch"], r[key]) for r in epochs if r.get(key) is not None]
         if points:
             axes[2].plot(*zip(*points), marker="o", color=color, label=key.replace("validation_", ""))
+            plotted = True
     axes[2].set_title("validation metrics per epoch")
     from matplotlib.ticker import MaxNLocator
 
     axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[2].set_xlabel("epoch")
-    if epochs:
+    if plotted:
         axes[2].legend(fontsize=8)
     for axis in axes:
         axis.grid(alpha=0.3)

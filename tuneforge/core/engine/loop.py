@@ -92,10 +92,13 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
 
     # --- model, method, data -------------------------------------------------------------------------
     task = task_for(recipe.task)  # [task] what differs between classification, multilabel, images, language models
+    loading = time.perf_counter()
     tokenizer, model = task.load_model(recipe, data.label_names)  # [task] model + tokenizer / image processor
+    facts: dict[str, Any] = {"model_load_seconds": round(time.perf_counter() - loading, 2)}
     # [task] the untrained model measured before the method changes it (language models: base validation loss)
-    facts = task.before_training(recipe, data, model, tokenizer, device, runtime.autocast_dtype, run_dir, log) \
-        if resume_from is None and dist.is_main else {}
+    if resume_from is None and dist.is_main:
+        facts.update(task.before_training(recipe, data, model, tokenizer, device, runtime.autocast_dtype, run_dir,
+                                          log))
     epoch_zero = facts.pop("epoch_zero", None)
     if recipe.distill is not None:  # distill.student_layers: a shallower copy of the model is the student
         model = shrink_student(model, recipe.distill.student_layers)
