@@ -104,6 +104,7 @@ class Batches:
                                                           return_tensors="pt")
 
     def make(self, encoded: EncodedExamples, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The model inputs and ``labels`` of rows ``indices`` of ``encoded`` (padded; masked-lm: masked)."""
         if self.masker is None:
             return collate(encoded, indices, self.pad_id)
         return self.masker([{"input_ids": encoded.input_ids[i]} for i in indices])
