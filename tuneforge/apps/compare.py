@@ -327,6 +327,12 @@ def language_model_notes(results: list[MethodResult]) -> list[str]:
     if base:
         notes.append(f"the untrained model: validation loss {base['loss']:.4f}, perplexity "
                      f"{base.get('perplexity', float('nan')):.2f} (metrics.jsonl epoch 0 of each run).")
+    return notes + outcome_notes(results)
+
+
+def outcome_notes(results: list[MethodResult]) -> list[str]:
+    """Whatever the task: the methods the time budget cut short, and those that failed."""
+    notes = []
     cut = [r.method for r in results if r.time_budget_reached]
     if cut:
         notes.append(f"stopped by the time budget before their last epoch: {', '.join(cut)}.")
@@ -346,13 +352,7 @@ def comparison_notes(results: list[MethodResult]) -> list[str]:
             gap = 100 * (full.test["accuracy"] - other.test["accuracy"])
             notes.append(f"{name} test accuracy is {abs(gap):.1f} point(s) {'below' if gap > 0 else 'above'} full "
                          f"fine-tuning with {100 * other.trainable_share:.2f}% of the parameters trained.")
-    cut = [r.method for r in results if r.time_budget_reached]
-    if cut:
-        notes.append(f"stopped by the time budget before their last epoch: {', '.join(cut)}.")
-    failed = [f"{r.method} ({r.error})" for r in results if r.status != "completed"]
-    if failed:
-        notes.append(f"failed: {'; '.join(failed)}; see logs/.")
-    return notes
+    return notes + outcome_notes(results)
 
 
 def plot_comparison(results: list[MethodResult], path: Path, language_model: bool = False) -> None:

@@ -19,7 +19,6 @@ method with ``merge: false``), ``--quantize``, and ``--data`` (the parity rows a
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,14 +29,14 @@ import numpy as np
 import torch
 
 from tuneforge.base.errors import UserError
-from tuneforge.base.integrity import LANGUAGE_MODEL_TOLERANCE, IntegrityError, export_failure_message, gate_export
+from tuneforge.base.integrity import LANGUAGE_MODEL_TOLERANCE, IntegrityError, gate_export
 from tuneforge.base.models import load_tokenizer
 from tuneforge.base.recipe import Recipe
 from tuneforge.core.methods.layout import has_plain_model
 from tuneforge.core.tasks import LanguageModelTask
 from tuneforge.core.tasks.generative import probe_positions, token_logits
-from tuneforge.apps.export.parity import ParityError, compare_logits
-from tuneforge.apps.export.runtime import REPORT_NAME, export_versions, write_report
+from tuneforge.apps.export.parity import ParityError, compare_logits, gate_key, raise_if_checks_failed
+from tuneforge.apps.export.runtime import export_versions, remove_partial_export, write_report
 
 # Validation rows whose token logits are compared (at most PROBE_MAX_TOKENS positions of them, see
 # tuneforge.core.tasks.generative: each position compares a whole vocabulary of logits).
@@ -172,17 +171,9 @@ def export_language_model(run_dir: Path, recipe: Recipe, task: LanguageModelTask
         gate = gate_export(ProbeLogits(expected, "run folder, PyTorch"),
                            ProbeLogits(actual, f"export folder, {auto}.from_pretrained"), [], None, targets, out,
                            quantized=False, max_metric_drop=recipe.export.max_metric_drop, run_dir=run_dir,
-                           key=f"export:{out.name}" if out.parent == run_dir / "export" else f"export:{out}")
+                           key=gate_key(out, run_dir))
         report["integrity"] = dict(gate["probe"])
-        if not parity["passed"]:
-            report["status"] = "failed"
-            write_report(out, report)
-            also = f" The integrity gate also failed: {'; '.join(gate['probe']['problems'])}." if not gate["passed"] else ""
-            raise ParityError(failure_message(parity, out / REPORT_NAME) + "." + also)
-        if not gate["passed"]:
-            report["status"] = "failed"
-            write_report(out, report)
-            raise IntegrityError(export_failure_message(gate, out, run_dir))
+        raise_if_checks_failed(out, report, parity, gate, run_dir, parity_message=failure_message)
         report["status"] = "ok"
         report["seconds"] = round(time.time() - started, 1)
         write_report(out, report)
@@ -190,11 +181,7 @@ def export_language_model(run_dir: Path, recipe: Recipe, task: LanguageModelTask
     except (ParityError, IntegrityError):
         raise  # the folder stays, with its failed report, for inspection
     except BaseException:
-        if created:  # a crashed export leaves nothing behind that looks like an export
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            for child in out.iterdir():
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        remove_partial_export(out, created)
         raise
 
 

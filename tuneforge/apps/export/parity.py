@@ -7,9 +7,14 @@ logit difference and the share of rows where the predicted labels agree. Agreeme
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 
 from tuneforge.base.errors import UserError
+from tuneforge.base.integrity import IntegrityError, export_failure_message
+from tuneforge.apps.export.runtime import REPORT_NAME, write_report
 
 MIN_AGREEMENT = 0.99
 
@@ -49,3 +54,23 @@ def failure_message(result: dict, where: str) -> str:
     return (f"export failed its parity check: predictions agree on {result['agreement']:.2%} of "
             f"{result['n_examples']} validation rows (needed {result['min_agreement']:.0%}; max |Δlogit| "
             f"{result['max_abs_logit_diff']:.4g}); details in {where}. Do not ship this model")
+
+
+def gate_key(out: Path, run_dir: Path) -> str:
+    """The key an export's integrity-gate entry is recorded under in the run's ``artifacts.json``."""
+    return f"export:{out.name}" if out.parent == run_dir / "export" else f"export:{out}"
+
+
+def raise_if_checks_failed(out: Path, report: dict, parity: dict, gate: dict, run_dir: Path,
+                           parity_message: Callable[[dict, Path], str] = failure_message) -> None:
+    """After the parity check and the integrity gate: when either failed, mark ``export_report.json`` failed
+    (the folder stays for inspection) and raise ParityError (``parity_message``, naming a gate failure too) or
+    IntegrityError."""
+    if parity["passed"] and gate["passed"]:
+        return
+    report["status"] = "failed"
+    write_report(out, report)
+    if not parity["passed"]:
+        also = f" The integrity gate also failed: {'; '.join(gate['probe']['problems'])}." if not gate["passed"] else ""
+        raise ParityError(parity_message(parity, out / REPORT_NAME) + "." + also)
+    raise IntegrityError(export_failure_message(gate, out, run_dir))

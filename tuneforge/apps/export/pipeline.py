@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from tuneforge.base.errors import UserError
-from tuneforge.base.integrity import IntegrityError, export_failure_message, gate_export
+from tuneforge.base.integrity import IntegrityError, gate_export
 from tuneforge.base.tables import read_table
 from tuneforge.core.data.examples import load_classification_data
 from tuneforge.core.data.splits import read_split, to_split
@@ -33,10 +33,12 @@ from tuneforge.core.recipe import load_run_recipe
 from tuneforge.core.tasks import LanguageModelTask, task_for
 from tuneforge.apps.export import language_model
 from tuneforge.apps.export.latency import BenchSettings, benchmark, labelled_accuracy, size_bytes
-from tuneforge.apps.export.parity import MIN_AGREEMENT, ParityError, check_parity, failure_message
+from tuneforge.apps.export.parity import (MIN_AGREEMENT, ParityError, check_parity, gate_key,
+                                          raise_if_checks_failed)
 from tuneforge.apps.export.runtime import (FORMATS, MODEL_FILES, REPORT_NAME, OnnxBackend, TextClassifier,
                                            TorchScriptBackend, check_export_format, cpu_threads, export_versions,
-                                           load_classifier, run_task, write_report)
+                                           load_classifier, remove_partial_export, run_task,
+                                           write_report)
 # the exporters as modules, not names: looked up at call time, so a test can replace one (a broken exporter)
 from tuneforge.apps.export import onnx as onnx_export, quantize as quantization, torchscript as torchscript_export
 
@@ -149,17 +151,9 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
         gate_rows = labelled_validation_rows(recipe, label_names, parity_rows) if data_file is None else None
         gate = gate_export(reference, candidate, *(gate_rows or (texts, pairs, None)), out, quantized=bool(quantize),
                            max_metric_drop=recipe.export.max_metric_drop, run_dir=run_dir,
-                           key=f"export:{out.name}" if out.parent == run_dir / "export" else f"export:{out}")
-        report["integrity"] = {k: v for k, v in gate["probe"].items()}
-        if not parity["passed"]:
-            report["status"] = "failed"
-            write_report(out, report)
-            also = f" The integrity gate also failed: {'; '.join(gate['probe']['problems'])}." if not gate["passed"] else ""
-            raise ParityError(failure_message(parity, out / REPORT_NAME) + "." + also)
-        if not gate["passed"]:
-            report["status"] = "failed"
-            write_report(out, report)
-            raise IntegrityError(export_failure_message(gate, out, run_dir))
+                           key=gate_key(out, run_dir))
+        report["integrity"] = dict(gate["probe"])
+        raise_if_checks_failed(out, report, parity, gate, run_dir)
 
         if measure:
             variants = {"pytorch fp32": reference}
@@ -179,11 +173,7 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
     except (ParityError, IntegrityError):
         raise  # the folder stays, with its failed report, for inspection (serve refuses it)
     except BaseException:
-        if created:  # a crashed export leaves nothing behind that looks like an export
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            for child in out.iterdir():
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        remove_partial_export(out, created)
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

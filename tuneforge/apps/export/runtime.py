@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,16 @@ def unsupported_task(task: str, what: str = "runs") -> UserError:
                 + ("; `tuneforge generate RUN_DIR` answers prompts from the run" if task_class.causal else ""))
     return UserError(f"task '{task}' {what}: not supported yet; serve works for {', '.join(SERVED_TASKS)} runs and "
                      f"their exports only{hint}")
+
+
+def remove_partial_export(out: Path, created: bool) -> None:
+    """After a crashed export: leave nothing behind that looks like an export (the folder if the export made
+    it, else what it wrote into the empty folder it was given)."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for child in out.iterdir():
+        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
 
 def write_report(out: Path, report: dict) -> None:
