@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "support-matrix.md"
-SYMBOLS = {"pass": "✅", "fail": "❌", "unsupported": "🚫", "n/a": "—"}
+SYMBOLS = {"pass": "✅", "fail": "❌", "unsupported": "🚫", "refused": "⛔", "n/a": "—"}
 
 
 def run_tests(results: Path) -> int:
@@ -31,10 +31,7 @@ def run_tests(results: Path) -> int:
 
 
 def cell_text(cell: dict) -> str:
-    symbol = SYMBOLS.get(cell["status"], cell["status"])
-    if cell["status"] == "pass" and cell.get("detail", "").startswith("same "):
-        return symbol + "¹"
-    return symbol
+    return SYMBOLS.get(cell["status"], cell["status"])
 
 
 def render(data: dict) -> str:
@@ -60,20 +57,22 @@ def render(data: dict) -> str:
         "Each model family is a tiny random configuration (2 layers, 32 wide) of the real architecture; each",
         "cell is one check on it:",
         "",
-        "- **train**: the method prepares the model and 25 optimizer steps run with a finite, falling loss;",
+        "- **train**: the method prepares the model and 25 optimizer steps run with a finite loss, and the loss "
+        "on the training batch (eval mode, before and after) fell;",
         "- **save/load**: `Method.save`, then the integrity gate reloads the run as `tuneforge predict` does "
         "(max |Δlogit| ≤ 1e-4 on a probe batch);",
         "- **merge**: for mergeable methods, the merged `model/` read back from disk equals the unmerged "
         "in-memory model (≤ 1e-4);",
-        "- **onnx**: the saved plain model through tuneforge's ONNX exporter, run in ONNX Runtime "
+        "- **onnx**: this method's own saved plain model through tuneforge's ONNX exporter, run in ONNX Runtime "
         "(max |Δlogit| ≤ 1e-3);",
-        "- **int8**: ONNX Runtime dynamic INT8 of that export: finite logits, ≥ 90% agreement, no collapse to "
-        "one class.",
+        "- **int8**: tuneforge's INT8 quantization of that same export (per-channel weights; the head and the "
+        "layers the sensitivity pass flags stay fp32): finite logits, ≥ 90% agreement, no collapse to one class.",
         "",
-        "✅ pass · ❌ fail · 🚫 unsupported (tuneforge says so with a reason) · — not applicable. "
-        "¹ the ONNX export is by far the slowest check, so each family is exported once (the first method whose "
-        "`model/` is a plain model); a later method whose `model/` has the same class and `config.json` is "
-        "marked ¹ rather than exported again — its own weights are checked by save/load and merge.",
+        "Every cell comes from its own run: no cell stands for another method's export.",
+        "",
+        "✅ pass · ❌ fail · 🚫 unsupported (tuneforge answers \"not supported yet\", with a reason) · "
+        "⛔ refused (tuneforge refuses the combination: one of its checks says no, with the reason) · "
+        "— not applicable (a check it depends on did not pass or does not exist for the method).",
         "",
     ]
     for family, label in families.items():
@@ -90,7 +89,7 @@ def render(data: dict) -> str:
         reasons: dict[tuple[str, str, str], list[str]] = {}
         for method in methods:
             for artifact, cell in results[family].get(method, {}).items():
-                if cell["status"] in ("fail", "unsupported"):
+                if cell["status"] in ("fail", "unsupported", "refused"):
                     text = cell.get("known") or cell["detail"]
                     reasons.setdefault((artifact, cell["status"], text), []).append(f"`{method}`")
         if reasons:

@@ -4,12 +4,19 @@ that such a model can learn in seconds."""
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPOSITORY = Path(__file__).resolve().parents[1]
+BUNDLED_DATA = REPOSITORY / "examples" / "data"
+# The CI machine's data folder beside the repository. A clone has no such folder: tests reach it only through
+# the `shared_data` fixture, which skips without it (tests/test_bare_clone.py checks both rules).
+SHARED_DATA = Path(os.environ.get("TUNEFORGE_SHARED_DATA") or REPOSITORY.parent / "shared" / "data")
+# .ci/run sets this, so that on the CI machine a missing data folder fails instead of skipping quietly.
+REQUIRE_SHARED_DATA = "TUNEFORGE_REQUIRE_SHARED_DATA"
 
 POSITIVE = ["good", "great", "lovely", "superb", "fine", "happy", "brilliant", "nice"]
 NEGATIVE = ["bad", "awful", "poor", "dreadful", "sad", "boring", "terrible", "ugly"]
@@ -48,6 +55,29 @@ def synthetic_rows(count: int, seed: int, labels: tuple[str, str] = ("negative",
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
+
+
+def shared_data_folder(name: str) -> Path:
+    """``../shared/data/<name>``, or skip the calling test with the reason when it is not there."""
+    folder = SHARED_DATA / name
+    if folder.is_dir():
+        return folder
+    if os.environ.get(REQUIRE_SHARED_DATA):
+        pytest.fail(f"{folder} is missing and {REQUIRE_SHARED_DATA} is set (.ci/run expects ../shared/data)")
+    pytest.skip(f"needs ../shared/data/{name} (the CI machine's data folder beside the repository; not in a clone)")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """``shared_data("sst2")`` → the folder, or a skip with the reason. Tests marked by it get the
+    ``needs_shared_data`` marker (pytest_collection_modifyitems below)."""
+    return shared_data_folder
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_shared_data)
 
 
 @pytest.fixture(autouse=True, scope="session")

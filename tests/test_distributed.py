@@ -103,4 +103,4 @@ def test_example_accelerate_configs_load():
     kinds = {path.name: load_config_from_file(str(path)).distributed_type.value
              for path in EXAMPLES.glob("*.yaml")}
     assert kinds == {"ddp-cpu.yaml": "MULTI_GPU", "ddp-multi-gpu.yaml": "MULTI_GPU", "multi-node.yaml": "MULTI_GPU",
-                     "fsdp.yaml": "FSDP", "deepspeed-zero2.yaml": "DEEPSPEED"}
+                     "fsdp.yaml": "FSDP", "fsdp-cpu.yaml": "FSDP", "deepspeed-zero2.yaml": "DEEPSPEED"}

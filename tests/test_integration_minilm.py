@@ -8,17 +8,17 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import SHARED_DATA, run_cli
+from conftest import run_cli
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason="needs ../shared/data/sst2")]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def sst2_run(tmp_path_factory):
+def sst2_run(tmp_path_factory, shared_data):
+    sst2 = shared_data("sst2")
     folder = tmp_path_factory.mktemp("sst2")
     for name, count in (("train", 600), ("test", 200)):
-        lines = (SHARED_DATA / "sst2" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()[:count]
+        lines = (sst2 / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()[:count]
         (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (folder / "recipe.yaml").write_text(
         "name: sst2-slice\nmodel: minilm\ndata:\n  train: train.jsonl\n  test: test.jsonl\n  max_length: 64\n"

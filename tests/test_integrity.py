@@ -202,7 +202,7 @@ def test_export_gate_fires_on_a_badly_quantized_layer(tiny_run, tmp_path, monkey
     from tuneforge.apps.export import export_run, load_classifier
     from tuneforge.base.integrity import IntegrityError
 
-    def bad_quantize(model):
+    def bad_quantize(model, plan=None):
         model = copy.deepcopy(model).eval()
         with torch.no_grad():
             weight = model.classifier.weight

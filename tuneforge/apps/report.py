@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from tuneforge.apps.explain import highlight_rows
 from tuneforge.base.errors import UserError
 
 CSS = """
@@ -37,6 +38,7 @@ img{max-width:100%;height:auto;display:block;margin:6px 0}
 .card{background:#f0f5fb;border:1px solid #d6e2f0;border-radius:6px;padding:10px 14px;min-width:120px}
 .card b{display:block;font-size:20px;color:#1f3a5f} .card span{font-size:12px;color:#556}
 .warn{color:#9a3b00} .muted{color:#667;font-size:13px} .bad{background:#fff3ef}
+.tok{padding:1px 2px;border-radius:3px;line-height:1.9}
 """
 
 
@@ -62,15 +64,16 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def table(headers: list[str], rows: list[list[Any]], numeric: set[int] | None = None,
-          row_class: list[str] | None = None) -> str:
-    """An HTML table; columns in ``numeric`` are right-aligned, ``row_class[r]`` is row r's CSS class."""
-    numeric = numeric or set()
+          row_class: list[str] | None = None, raw: set[int] | None = None) -> str:
+    """An HTML table; columns in ``numeric`` are right-aligned, ``row_class[r]`` is row r's CSS class; cells of the
+    columns in ``raw`` are HTML the caller has already escaped."""
+    numeric, raw = numeric or set(), raw or set()
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = []
     for r, row in enumerate(rows):
         cls = f' class="{row_class[r]}"' if row_class and row_class[r] else ""
-        cells = "".join(f'<td class="num">{esc(fmt(v))}</td>' if i in numeric else f"<td>{esc(fmt(v))}</td>"
-                        for i, v in enumerate(row))
+        cells = "".join(f"<td>{v}</td>" if i in raw else f'<td class="num">{esc(fmt(v))}</td>' if i in numeric
+                        else f"<td>{esc(fmt(v))}</td>" for i, v in enumerate(row))
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -196,6 +199,24 @@ def _eval_folder(run_dir: Path) -> Path | None:
     return found[0] if found else None
 
 
+def learning_html(learning: dict[str, Any] | None, thresholds: dict[str, Any] | None) -> str:
+    """The learning guard's verdict when the run did not learn (with its likely fixes), and the multi-label
+    labels whose tuned threshold was degenerate (kept at 0.5), with their validation support."""
+    html = ""
+    if learning and not learning.get("learned", True):
+        fixes = "".join(f"<li>{esc(fix)}</li>" for fix in learning.get("likely_fixes") or [])
+        html += f'<p class="warn">{esc(learning.get("line"))}</p>' + (f"<p>likely fixes:</p><ul>{fixes}</ul>"
+                                                                      if fixes else "")
+    flagged = (thresholds or {}).get("flagged") or []
+    if flagged:
+        html += ('<p class="warn">' + f"{len(flagged)} label(s) keep threshold 0.5: their best validation threshold "
+                 "was no better than predicting them always or never.</p>"
+                 + table(["label", "validation support", "rows", "best F1", "F1 of always"],
+                         [[f.get("label"), f.get("support"), f.get("rows"), f.get("best_f1"), f.get("always_f1")]
+                          for f in flagged], numeric={1, 2, 3, 4}))
+    return html
+
+
 def render_run_report(run_dir: str | Path, top_errors: int = 20) -> str:
     """The HTML of a run folder's report."""
     run_dir = Path(run_dir)
@@ -227,6 +248,7 @@ def render_run_report(run_dir: str | Path, top_errors: int = 20) -> str:
     body = cards(headline)
     if status.get("error"):
         body += f'<p class="warn">error: {esc(status["error"])}</p>'
+    body += learning_html(status.get("learning"), _read_json(run_dir / "thresholds.json"))
     sections.append(section("summary", "Summary", body))
 
     # recipe
@@ -277,6 +299,10 @@ def render_run_report(run_dir: str | Path, top_errors: int = 20) -> str:
         else "<p>No final metrics (the run has not finished).</p>"
     sections.append(section("metrics", "Final metrics", body))
 
+    forgetting = forgetting_section(run_dir)  # continual runs: the previous run's test before and after
+    if forgetting is not None:
+        sections.append(forgetting)
+
     # per class
     per_class = (eval_metrics or {}).get("per_class") or {}
     if per_class:
@@ -301,10 +327,16 @@ def render_run_report(run_dir: str | Path, top_errors: int = 20) -> str:
         errors = pd.read_csv(errors_path, keep_default_na=False)
         shown = errors.head(top_errors)
         columns = [c for c in ("row", "text", "text_pair", "gold", "predicted", "confidence") if c in shown.columns]
+        values = shown[columns].values.tolist()
+        marked, caption = error_highlights(run_dir, shown)  # only these rows are explained: the report stays fast
+        if marked is not None:
+            for row, html_text in zip(values, marked):
+                row[columns.index("text")] = html_text
         body = (f"<p class=\"muted\">{len(errors)} error(s) on {esc(eval_dir.name)}; the {len(shown)} the model was "
                 "surest of (a high confidence on a wrong answer often means a wrong gold label).</p>"
-                + table(columns, shown[columns].values.tolist(), numeric={columns.index("confidence")}
-                        if "confidence" in columns else set()))
+                + (f'<p class="muted">{esc(caption)}</p>' if caption else "")
+                + table(columns, values, numeric={columns.index("confidence")} if "confidence" in columns else set(),
+                        raw={columns.index("text")} if marked is not None else set()))
     else:
         body = "<p>No errors.csv (no evaluation folder).</p>"
     sections.append(section("errors", "Most confident errors", body))
@@ -320,6 +352,39 @@ def render_run_report(run_dir: str | Path, top_errors: int = 20) -> str:
             timing_rows.append([key.replace("_", " "), status[key]])
     sections.append(section("timings", "Timings", table(["what", "value"], timing_rows)))
     return page(f"tuneforge run: {name}", subtitle, sections)
+
+
+def error_highlights(run_dir: Path, shown: pd.DataFrame) -> tuple[list[str] | None, str]:
+    """The confident errors' texts as HTML with each token coloured by its attribution toward the predicted label
+    (:func:`tuneforge.apps.explain.highlight_rows`), or (None, why not); never fails the report."""
+    if shown.empty or not {"text", "predicted"} <= set(shown.columns):
+        return None, ""
+    try:
+        pairs = shown["text_pair"].astype(str).tolist() if "text_pair" in shown.columns else None
+        return highlight_rows(run_dir, shown["text"].astype(str).tolist(), pairs,
+                              shown["predicted"].astype(str).tolist())
+    except Exception as error:  # noqa: BLE001 - the highlighting is an aid; the report is written without it
+        return None, f"tokens not highlighted ({type(error).__name__}: {error})"
+
+
+def forgetting_section(run_dir: Path) -> str | None:
+    """The ``forgetting.json`` of a continual run (``tuneforge train --from``) as a section, or None."""
+    record = _read_json(run_dir / "forgetting.json")
+    if not isinstance(record, dict):
+        return None
+    rows = []
+    for key in ("accuracy", "f1_macro"):
+        drop = (record.get("drop") or {}).get(key)
+        rows.append([key, (record.get("before") or {}).get(key), (record.get("after") or {}).get(key),
+                     f"{100 * drop:+.2f}" if isinstance(drop, (int, float)) else None,
+                     (record.get("new_test") or {}).get(key)])
+    body = (f"<p>Continued from <code>{esc(record.get('from'))}</code> with strategy <b>{esc(record.get('strategy'))}"
+            f"</b>; the previous run's test file ({esc(record.get('rows'))} rows, <code>{esc(record.get('previous_test'))}"
+            "</code>) evaluated before (by the previous run) and after (by this one, in eval/previous-test/).</p>"
+            + table(["metric", "previous test before", "previous test after", "drop (points)", "new test"], rows,
+                    numeric={1, 2, 3, 4})
+            + f'<p class="muted">{esc(record.get("note", ""))}</p>')
+    return section("forgetting", "Forgetting", body)
 
 
 def write_run_report(run_dir: str | Path) -> Path:

@@ -12,7 +12,7 @@ from typing import Any
 
 from tuneforge.base.errors import UserError
 
-COLUMNS = ("name", "task", "model", "method", "metric", "value", "minutes", "status", "checked", "started")
+COLUMNS = ("name", "task", "model", "method", "metric", "value", "minutes", "status", "checked", "from", "started")
 SORT_KEYS = ("started", "name", "task", "model", "method", "value", "minutes", "status")
 # The main metric of a run: the first of these found, test results before validation ones.
 MAIN_METRICS = ("f1_macro", "f1_micro", "accuracy", "perplexity", "loss")
@@ -42,6 +42,12 @@ def integrity_state(run: Path) -> str | None:
     return "passed" if entry.get("passed") else "failed"
 
 
+def lineage(status: dict[str, Any]) -> str | None:
+    """The folder name of the run this one continued from (``tuneforge train --from``), or None."""
+    source = (status.get("continual") or {}).get("from") if isinstance(status.get("continual"), dict) else None
+    return Path(source).name if source else None
+
+
 def read_runs(folder: str | Path) -> list[dict[str, Any]]:
     """One row per run folder directly under ``folder`` (or ``folder`` itself when it is a run)."""
     folder = Path(folder)
@@ -62,7 +68,8 @@ def read_runs(folder: str | Path) -> list[dict[str, Any]]:
         rows.append({"name": run.name, "path": str(run), "task": status.get("task"), "model": status.get("model"),
                      "method": status.get("method"), "metric": metric, "value": value,
                      "minutes": status.get("minutes"), "status": status.get("status"),
-                     "checked": integrity_state(run), "started": status.get("first_started") or status.get("started")})
+                     "checked": integrity_state(run), "from": lineage(status),
+                     "started": status.get("first_started") or status.get("started")})
     return rows
 
 

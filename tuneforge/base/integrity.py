@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from contextlib import contextmanager
 from datetime import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from torch import nn
 
 from tuneforge.base.errors import UserError
 from tuneforge.base.atomic import write_json_atomic
+from tuneforge.base.faults import fault_point
 
 ARTIFACTS_NAME = "artifacts.json"
 RESCUE_DIR = "rescue"
@@ -152,6 +155,37 @@ def file_records(folder: Path) -> list[dict[str, Any]]:
     return records
 
 
+@dataclass
+class FileComparison:
+    """Recorded files (``artifacts.json``) against those on disk now, by relative path."""
+
+    expected: dict[str, dict[str, Any]]
+    changed: list[str]
+    missing: list[str]
+    added: list[str]
+
+
+def compare_files(recorded: list[dict[str, Any]], folder: Path, scope: tuple[str, ...] | None,
+                  ignore: tuple[str, ...] = ()) -> FileComparison:
+    """Re-hash the files under ``folder`` and compare them with ``recorded`` (``artifacts.json`` file records).
+
+    ``scope``: the sub-folders of ``folder`` whose files count (their paths are recorded with the
+    sub-folder in front, as a run's ``model/...``); None: every file of ``folder``. ``ignore``: paths that
+    are records rewritten after the check (an export's ``artifacts.json`` and ``export_report.json``)."""
+    if scope is None:
+        present = {record["path"]: record for record in file_records(folder) if record["path"] not in ignore}
+    else:
+        present = {f"{sub}/{record['path']}": record for sub in scope if (folder / sub).is_dir()
+                   for record in file_records(folder / sub)}
+    expected = {record["path"]: record for record in recorded if record["path"] not in ignore}
+    return FileComparison(
+        expected=expected,
+        changed=[path for path, record in expected.items()
+                 if path in present and present[path]["sha256"] != record["sha256"]],
+        missing=[path for path in expected if path not in present],
+        added=[path for path in present if path not in expected])
+
+
 def record_artifact(record_file: Path, key: str, entry: dict[str, Any]) -> None:
     """Add (or replace) one artifact's entry in ``artifacts.json``, atomically."""
     data = json.loads(record_file.read_text(encoding="utf-8")) if record_file.is_file() else {"artifacts": {}}
@@ -205,6 +239,7 @@ def save_and_gate(method, model: nn.Module, tokenizer, run_dir: Path, batch: dic
         before = outputs(model, batch)
     parameters = parameter_counts(model)  # before saving: a merge removes the adapter's parameters
     saved = method.save(model, run_dir)
+    fault_point("model-save")  # TUNEFORGE_FAULT: the reliability tests' kill -9 (docs/reliability.md)
     tokenizer.save_pretrained(run_dir / "model")
     if after_save is not None:
         after_save()
@@ -355,3 +390,106 @@ def export_failure_message(entry: dict[str, Any], export_dir: Path, run_dir: Pat
     return (f"{export_dir}: the exported model failed its integrity gate: {'; '.join(entry['probe']['problems'])}. "
             f"The run's own model in {run_dir / 'model'} is unchanged and still good; details in "
             f"{export_dir / ARTIFACTS_NAME}. Do not ship this export")
+
+
+# ----------------------------------------------------------------------------- the check at load time
+
+# Set (to "1") by `--no-verify`: every loader then reads the files without comparing them with artifacts.json.
+SKIP_VERIFY_ENV = "TUNEFORGE_NO_VERIFY"
+# The folders of a run whose files the save gate records (``model/``; ``base/`` + ``adapter/``).
+RUN_FOLDERS = ("model", "adapter", "base")
+# What `tuneforge export` writes beside the model (tuneforge.apps.export.runtime.REPORT_NAME).
+EXPORT_REPORT_NAME = "export_report.json"
+# Records beside an export's model files, rewritten after its check (they are not the model).
+EXPORT_RECORDS = (ARTIFACTS_NAME, EXPORT_REPORT_NAME)
+# Folders found intact in this process, by the (path, size, mtime) of their files: a server or a test that
+# loads the same run twice hashes it once; a file rewritten since changes the key.
+_VERIFIED: set[tuple] = set()
+
+
+def verification_skipped() -> bool:
+    """Whether ``--no-verify`` (the environment variable :data:`SKIP_VERIFY_ENV`) turned the load-time check off."""
+    return os.environ.get(SKIP_VERIFY_ENV) == "1"
+
+
+@contextmanager
+def skip_verification(skip: bool = True) -> Iterator[None]:
+    """Within the block (when ``skip``), loaders do not compare files with ``artifacts.json`` (``--no-verify``)."""
+    if not skip:
+        yield
+        return
+    previous = os.environ.get(SKIP_VERIFY_ENV)
+    os.environ[SKIP_VERIFY_ENV] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(SKIP_VERIFY_ENV, None)
+        else:
+            os.environ[SKIP_VERIFY_ENV] = previous
+
+
+def verify_run_files(run_dir: str | Path) -> None:
+    """Before a run's model is loaded (``predict``, ``eval``, ``export``, ``serve``, ``generate``, a teacher or
+    ``--from``): every file under ``model/``, ``adapter/`` and ``base/`` must have the sha256 that
+    ``artifacts.json`` recorded when the save gate read the run back. Raises :class:`IntegrityError` (one
+    line naming the first changed or missing file) otherwise, or when the record is missing or says the gate
+    failed. A run without any of those folders has nothing to load and passes (its loader says what is
+    missing). Off under ``--no-verify``."""
+    run_dir = Path(run_dir)
+    if verification_skipped() or not any((run_dir / name).is_dir() for name in RUN_FOLDERS):
+        return
+    entry = _recorded_entry(run_dir, "run", "model")
+    _verify_entry(entry, run_dir, RUN_FOLDERS, (), "model")
+
+
+def verify_export_files(export_dir: str | Path) -> None:
+    """:func:`verify_run_files` for an export folder (``serve EXPORT_DIR``): every file but the records must
+    have the sha256 its export gate recorded in the folder's ``artifacts.json``."""
+    export_dir = Path(export_dir)
+    if verification_skipped():
+        return
+    entry = _recorded_entry(export_dir, "export", "export")
+    _verify_entry(entry, export_dir, None, EXPORT_RECORDS, "export")
+
+
+def _recorded_entry(folder: Path, key: str, what: str) -> dict[str, Any]:
+    record_file = folder / ARTIFACTS_NAME
+    skip = "pass --no-verify to load it unchecked"
+    if not record_file.is_file():
+        raise IntegrityError(f"{folder}: has no {ARTIFACTS_NAME}, so its {what} files cannot be checked against what "
+                             f"its integrity gate read back (written by a tuneforge without the gate, or the record was "
+                             f"removed); {'train' if key == 'run' else 'export'} again, or {skip}")
+    try:
+        entry = json.loads(record_file.read_text(encoding="utf-8"))["artifacts"][key]
+        files = entry["files"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise IntegrityError(f"{record_file}: cannot be read as an integrity record ({type(error).__name__}: "
+                             f"{error}); the {what} files cannot be checked: {skip}") from None
+    if not isinstance(files, list):
+        raise IntegrityError(f"{record_file}: its '{key}' entry has no list of files; {skip}")
+    if not entry.get("passed"):
+        problems = "; ".join(entry.get("probe", {}).get("problems", [])) or "no reason recorded"
+        raise IntegrityError(f"{folder}: this {what} failed its integrity gate when it was written ({problems}); "
+                             f"do not use it (tuneforge doctor {folder}), or {skip}")
+    return entry
+
+
+def _verify_entry(entry: dict[str, Any], folder: Path, scope: tuple[str, ...] | None, ignore: tuple[str, ...],
+                  what: str) -> None:
+    roots = [folder / sub for sub in scope] if scope is not None else [folder]
+    files = sorted(path for root in roots if root.is_dir() for path in root.rglob("*") if path.is_file())
+    signature = (str(folder.resolve()), (folder / ARTIFACTS_NAME).stat().st_mtime_ns,
+                 tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files))
+    if signature in _VERIFIED:
+        return
+    found = compare_files(entry["files"], folder, scope, ignore)
+    damaged = [(path, "changed since it was checked (its sha256 differs from artifacts.json)") for path in found.changed]
+    damaged += [(path, "missing (artifacts.json records it)") for path in found.missing]
+    if damaged:
+        path, how = damaged[0]
+        more = f"; {len(damaged) - 1} more recorded files differ too" if len(damaged) > 1 else ""
+        raise IntegrityError(f"{folder / path}: {how}{more}; this {what} is damaged: restore the folder from a good "
+                             f"copy or {'train' if scope else 'export'} again (tuneforge doctor {folder} lists every "
+                             "file), or pass --no-verify to load it anyway")
+    _VERIFIED.add(signature)

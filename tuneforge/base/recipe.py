@@ -32,7 +32,7 @@ TASKS = ("classification", "multilabel", "image-classification", "sft", "causal-
 # directory of the recipe file (recipes stay portable), or the working directory for --set.
 PATH_KEYS = (("data", "train"), ("data", "validation"), ("data", "test"),
              ("data", "augment", "forward_model"), ("data", "augment", "backward_model"),
-             ("data", "augment", "wordnet_dir"))
+             ("data", "augment", "wordnet_dir"), ("continual", "from_run"), ("continual", "previous_data"))
 # Keys that name a folder or a model (alias, hub id): resolved like PATH_KEYS only when such a folder exists.
 FOLDER_OR_NAME_KEYS = (("distill", "teacher"),)
 
@@ -166,6 +166,9 @@ class TrainConfig(StrictModel):
     max_bad_steps: int = Field(
         10, ge=1, description="Stop with an error after this many batches whose loss is not finite (each such "
                               "batch's optimizer step is skipped).")
+    fail_if_not_learning: bool = Field(
+        False, description="Exit non-zero when the final model is no better than one that learned nothing "
+                            "(run.json status 'completed: did not learn'; docs/tasks.md).")
     report_to: Literal["none", "tensorboard", "mlflow"] = Field(
         "none", description="Also log metrics.jsonl's metrics to TensorBoard (RUN/tensorboard) or MLflow "
                             "(a local file store, RUN/mlruns, unless MLFLOW_TRACKING_URI is set).")
@@ -191,6 +194,25 @@ class DistillConfig(StrictModel):
         return value
 
 
+class ContinualConfig(StrictModel):
+    """Continual fine-tuning (docs/continual.md): start from a finished run (``tuneforge train --from RUN_DIR``
+    sets ``from_run``), keep its labels, add the new data's, and hold on to what it learned."""
+
+    from_run: Path | None = Field(None, description="The finished run to continue from; `tuneforge train --from "
+                                                    "RUN_DIR` sets it.")
+    strategy: Literal["replay", "ewc", "none"] = Field(
+        "replay", description="replay: mix old training rows into every batch; ewc: penalise moving the weights the "
+                              "old task relied on (elastic weight consolidation); none: plain sequential training.")
+    replay: float = Field(0.2, gt=0, lt=1, description="strategy replay: share of each batch drawn from the old rows.")
+    previous_rows: int = Field(1000, ge=1, description="Size of the stratified sample of the old run's training rows "
+                                                       "that replay draws from and EWC's Fisher information is "
+                                                       "computed on.")
+    previous_data: Path | None = Field(None, description="The old training rows; default: the old run's train file "
+                                                          "from its manifest.json, checked by its sha256.")
+    ewc_lambda: float = Field(1000.0, gt=0, description="strategy ewc: weight of the penalty "
+                                                        "lambda/2 * sum_i F_i (theta_i - theta_old_i)^2.")
+
+
 class ExportConfig(StrictModel):
     """The integrity gates that check every saved, merged and exported model (docs/trust.md)."""
 
@@ -207,6 +229,15 @@ class MultiLabelConfig(StrictModel):
     thresholds: Union[Literal["per_label", "global"], float] = Field(
         "per_label", description="Decision thresholds: per_label (each tuned on validation for F1), global "
                                  "(one tuned on validation for micro F1) or a fixed number such as 0.5.")
+    init_bias: Literal["prior", "zero"] = Field(
+        "prior", description="Output bias at the start: prior (each label's log prior odds in train, so the "
+                             "untrained model already predicts the base rates) or zero (the fresh head's).")
+    loss: Literal["bce", "focal", "asymmetric"] = Field(
+        "bce", description="bce; focal (gamma 2); asymmetric (gamma- 4, gamma+ 0, negatives' probability "
+                           "shifted by 0.05) for sparse positives. docs/tasks.md.")
+    head_learning_rate: float | None = Field(
+        1.0e-3, gt=0, description="LR of the new head (pooler + output layer) when train.head_learning_rate is "
+                                  "unset, never below train.learning_rate; null: train.learning_rate.")
 
     @field_validator("thresholds")
     @classmethod
@@ -347,6 +378,8 @@ class Recipe(StrictModel):
     tasks: list[TaskSpec] | None = Field(None, description="task multitask: the tasks sharing one encoder, one "
                                                           "head each (docs/tasks.md).")
     multitask: MultiTaskConfig | None = Field(None, description="task multitask: sampling across tasks, pooling.")
+    continual: ContinualConfig | None = Field(None, description="Continue from a finished run: `tuneforge train "
+                                                               "--from RUN_DIR` (docs/continual.md).")
 
     @field_validator("tasks")
     @classmethod
@@ -404,13 +437,20 @@ def read_recipe(path: str | Path, overrides: list[str] | None, method_configs: M
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found (check the path)")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # -sig: a byte-order mark (Windows editors) is dropped
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: is not UTF-8 text (byte {exc.start + 1} is {exc.object[exc.start:exc.start + 1]!r}); "
+                        "save the recipe as UTF-8") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise UserError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except RecursionError:
+        raise UserError(f"{path}: is nested too deeply to be a recipe (lists or mappings inside each other thousands "
+                        "of times)") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping of keys (name, model, data, method, train)")
     _resolve_paths(raw, path.parent)

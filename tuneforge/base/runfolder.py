@@ -38,6 +38,16 @@ def new_run_dir(output: str | Path | None, name: str, root: str | Path = "runs")
     return output
 
 
+# run.json status of a run that finished but whose final model is no better than one that learned nothing
+# (tuneforge.core.evaluate.learning_guard); it is complete all the same: saved, evaluated, not resumable.
+DID_NOT_LEARN = "completed: did not learn"
+
+
+def is_completed(status: str | None) -> bool:
+    """Whether a run.json status is a finished run's: ``completed`` or ``completed: did not learn``."""
+    return status in ("completed", DID_NOT_LEARN)
+
+
 class RunStatus:
     """``run.json``: the run's state (running / completed / failed), times and facts about it."""
 

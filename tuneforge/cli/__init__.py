@@ -8,7 +8,7 @@ import os
 import sys
 
 from tuneforge import __version__
-from tuneforge.base.errors import UserError
+from tuneforge.base.errors import UserError, disk_full, disk_full_message
 from tuneforge.base.quiet import quiet_libraries
 
 
@@ -22,13 +22,23 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a recipe key, e.g. --set train.epochs=2 (value parsed as YAML; repeatable)")
 
+    def no_verify(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--no-verify", action="store_true",
+                         help="load run/export files without checking their sha256 against artifacts.json "
+                              "(docs/trust.md)")
+
     train = commands.add_parser("train", help="validate, train, evaluate; write a run folder")
     with_overrides(train, recipe_optional=True)
     train.add_argument("--output", help="run folder (must not exist or be empty); default runs/<name>-<timestamp>/")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its newest intact "
                                                            "checkpoint (no RECIPE: the run's config.yaml is used)")
+    train.add_argument("--from", dest="from_run", metavar="RUN_DIR",
+                       help="continual fine-tuning: start from this finished run's model, keep its labels and add "
+                            "the new ones; the recipe's continual section says how to keep the old task "
+                            "(docs/continual.md)")
     train.add_argument("--allow-pickle", action="store_true",
                        help="with --resume: accept checkpoint folders that also hold pickle files (never loaded)")
+    no_verify(train)
 
     validate = commands.add_parser("validate", help="check a recipe, its data and model without training")
     with_overrides(validate)
@@ -36,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a run on a labelled file; writes RUN/eval/<stem>/")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--data", required=True, help="labelled file with the run's text/label columns")
+    no_verify(evaluate)
 
     predict = commands.add_parser("predict", help="predict labels with a trained run")
     predict.add_argument("run_dir")
@@ -44,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", help="CSV/TSV/JSON/JSONL/Parquet file with the run's text column")
     predict.add_argument("--output", help="where to write the rows plus predicted_label and confidence")
     predict.add_argument("--top", type=int, default=5, help="with --text: how many label probabilities to print")
+    no_verify(predict)
 
     generate = commands.add_parser("generate", help="generate text with a trained sft / causal-lm run "
                                                     "(docs/generative.md)")
@@ -55,6 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--max-new-tokens", type=int, help="default: the recipe's generative.generation.max_new_tokens")
     generate.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sampled")
     generate.add_argument("--top-p", type=float, help="with --temperature: nucleus mass (default: the recipe's)")
+    no_verify(generate)
+
+    explain = commands.add_parser("explain", help="which tokens drove a text classifier's prediction "
+                                                  "(integrated gradients; docs/explain.md)")
+    explain.add_argument("run_dir")
+    explain.add_argument("--text", help="one text to explain")
+    explain.add_argument("--text-pair", help="with --text, for sentence-pair runs: the second text")
+    explain.add_argument("--label", help="attribute toward this label (default: the predicted one)")
+    explain.add_argument("--input", help="CSV/TSV/JSON/JSONL/Parquet file with the run's text column")
+    explain.add_argument("--output", help="with --input: FILE.jsonl (one explanation per line) or FILE.html "
+                                          "(self-contained page, tokens coloured)")
+    explain.add_argument("--steps", type=int, default=50, help="integration steps (default 50)")
+    no_verify(explain)
 
     commands.add_parser("models", help="list model aliases and methods")
 
@@ -101,9 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", metavar="DIR", help="export folder (must not exist or be empty); "
                                                         "default RUN_DIR/export/<format>[-int8]/")
     export.add_argument("--data", help="rows for the parity check (default: the run's validation split)")
-    export.add_argument("--min-agreement", type=float, default=0.99,
-                        help="fail when predictions agree with the run's model on fewer rows (default 0.99)")
+    export.add_argument("--min-agreement", type=float,
+                        help="strict gate: fail when predictions agree with the run's model on fewer of all parity "
+                             "rows (default: 0.99 for fp32; INT8 is judged on the rows where fp32 is confident and "
+                             "on validation accuracy, docs/export.md)")
     export.add_argument("--no-benchmark", action="store_true", help="skip size/latency/accuracy measurements")
+    no_verify(export)
 
     serve = commands.add_parser("serve", help="HTTP server: POST /predict, GET /health (docs/export.md)")
     serve.add_argument("path", metavar="RUN_DIR|EXPORT_DIR")
@@ -113,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-text-chars", type=int, default=5000, help="characters per text (default 5000)")
     serve.add_argument("--max-batch", type=int, default=64, help="texts per forward pass across requests (default 64)")
     serve.add_argument("--threads", type=int, help="CPU threads for the model (default: PyTorch's, the physical cores)")
+    no_verify(serve)
 
     compare = commands.add_parser("compare", help="train several methods under one budget; write a comparison "
                                                   "table and plot (docs/compare-and-plan.md)")
@@ -144,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--storage", help="Optuna RDB URL (default sqlite:///OUTPUT/study.db); several machines may "
                                           "share one study through the same URL")
     search.add_argument("--jobs", type=int, default=1, help="parallel trials (worker processes sharing the storage)")
+    search.add_argument("--heartbeat", type=int, default=20, metavar="SECONDS",
+                        help="workers' heartbeat; a trial silent for 3 heartbeats (its worker died) is marked failed "
+                             "and retried once with the same values (default 20)")
     search.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
                         help="stop poor trials early on the per-epoch validation metric (default median)")
     search.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="default tpe")
@@ -170,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "minutes or status")
     runs.add_argument("--desc", action="store_true", help="sort descending (e.g. --sort value --desc: best first)")
     runs.add_argument("--json", dest="json_output", action="store_true", help="print JSON instead of a table")
+
+    ui = commands.add_parser("ui", help="local web dashboard: runs live, compare, launch/stop/resume (docs/ui.md)")
+    ui.add_argument("folder", nargs="?", default="runs", help="folder holding run folders (default runs/)")
+    ui.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only); any other host "
+                                                        "requires the token printed at start")
+    ui.add_argument("--port", type=int, default=7860, help="default 7860")
+    ui.add_argument("--recipes", dest="recipe_dirs", action="append", metavar="DIR",
+                    help="folder of recipe files (and their data) the launch page may use (repeatable; default .)")
     return parser
 
 
@@ -181,13 +221,15 @@ def run_command(args: argparse.Namespace) -> int:
 
     dispatch = {
         "train": lambda: commands.train_command(args.recipe, args.overrides, args.output, args.resume,
-                                                args.allow_pickle),
+                                                args.allow_pickle, args.from_run),
         "validate": lambda: commands.validate_command(args.recipe, args.overrides),
         "eval": lambda: commands.eval_command(args.run_dir, args.data),
         "predict": lambda: commands.predict_command(args.run_dir, args.text, args.text_pair, args.input, args.output,
                                                     args.top),
         "generate": lambda: commands.generate_command(args.run_dir, args.prompt, args.input, args.output,
                                                       args.max_new_tokens, args.temperature, args.top_p),
+        "explain": lambda: commands.explain_command(args.run_dir, args.text, args.text_pair, args.label, args.input,
+                                                    args.output, args.steps),
         "models": commands.models_command,
         "report": lambda: commands.report_command(args.run_dir),
         "data inspect": lambda: commands.data_inspect_command(
@@ -206,15 +248,17 @@ def run_command(args: argparse.Namespace) -> int:
                                                     args.budget_minutes, args.learning_rates),
         "search": lambda: commands.search_command(args.recipe, args.space, args.trials, args.storage, args.jobs,
                                                   args.pruner, args.sampler, args.metric, args.study_name,
-                                                  args.output, args.overrides),
+                                                  args.output, args.overrides, heartbeat_s=args.heartbeat),
         "doctor": lambda: commands.doctor_command(args.recipe, args.overrides, args.output, args.steps,
                                                   args.json_output),
         "runs": lambda: commands.runs_command(args.folder, args.sort, args.desc, args.json_output),
+        "ui": lambda: commands.ui_command(args.folder, args.recipe_dirs or ["."], args.host, args.port),
         "plan": lambda: commands.plan_command(args.recipe, args.overrides, args.memory_gb, args.minutes, args.gpu,
                                               args.methods, args.json_output),
     }
     name = f"data {args.data_command}" if args.command == "data" else args.command
-    return dispatch[name]()
+    with commands.skip_verification(getattr(args, "no_verify", False)):
+        return dispatch[name]()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - only a full disk is the user's to fix; anything else is a bug
+        if not disk_full(error):
+            raise
+        print(f"error: {disk_full_message(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from tuneforge.apps.datatools.inspect import inspect_file, write_report
 from tuneforge.apps.datatools.inspect import summary_lines as data_summary_lines
 from tuneforge.apps.datatools.noise import find_noise
 from tuneforge.apps.doctor.checks import run_doctor
+from tuneforge.apps.explain import Explainer, explain_file, format_explanation
 from tuneforge.apps.export.pipeline import export_run
 from tuneforge.apps.export.pipeline import summary_lines as export_summary_lines
 from tuneforge.apps.export.serve import Limits, serve
@@ -24,15 +25,20 @@ from tuneforge.apps.generate import generate_from_run
 from tuneforge.apps.plan import format_plan, make_plan
 from tuneforge.apps.report import write_run_report
 from tuneforge.apps.runs import format_table, read_runs, sort_runs
+from tuneforge.apps.ui.app import serve_ui
 from tuneforge.apps.search.report import write_search_report
 from tuneforge.apps.search.study import prepare_search, run_search
-from tuneforge.base.errors import UserError
+from tuneforge.base.errors import UserError, disk_full, disk_full_message
+from tuneforge.base.faults import fault_point
+from tuneforge.base.integrity import skip_verification  # noqa: F401 - cli/__init__ wraps commands in it
 from tuneforge.base.manifest import start_manifest
 from tuneforge.base.models import describe_aliases
 from tuneforge.base.recipe import dump_recipe
-from tuneforge.base.runfolder import RunStatus
+from tuneforge.base.runfolder import DID_NOT_LEARN, RunStatus
 from tuneforge.base.tables import write_table
-from tuneforge.core.engine.checkpoint import StopRequest, TrainingInterrupted, explain_out_of_memory, find_resumable
+from tuneforge.core.engine.checkpoint import (StopRequest, TrainingInterrupted, checkpoint_dirs, explain_out_of_memory,
+                                              find_resumable, remove_checkpoints)
+from tuneforge.core.engine.continual import forgetting_lines, prepare_continual
 from tuneforge.core.engine.distributed import distributed
 from tuneforge.core.engine.loop import train
 from tuneforge.core.engine.resume import check_resumable, create_run_dir, resume_facts
@@ -60,17 +66,29 @@ def validate_command(recipe_path: str, overrides: list[str]) -> int:
     return 0
 
 
+# `tuneforge train` exit status of a run whose final model did not learn, with train.fail_if_not_learning: true.
+EXIT_DID_NOT_LEARN = 3
+
+
 def train_command(recipe_path: str | None, overrides: list[str], output: str | None, resume: str | None = None,
-                  allow_pickle: bool = False) -> int:
+                  allow_pickle: bool = False, from_run: str | None = None) -> int:
 
     dist = distributed()  # several processes under `accelerate launch`; rank 0 alone writes the run folder
     if resume is not None:
         recipe_path = str(check_resumable(resume, recipe_path, overrides, output))
     elif recipe_path is None:
         raise UserError("train: give a RECIPE.yaml, or --resume RUN_DIR to continue an interrupted run")
+    if from_run is not None:  # continual fine-tuning: recorded in config.yaml, so --resume and reruns keep it
+        if resume is not None:
+            raise UserError("train: --from starts a new run from a finished one; --resume continues the same run "
+                            "(it keeps its --from); give one of them")
+        overrides = [*overrides, f"continual.from_run={from_run}"]
     job = validate_job(recipe_path, overrides)
     recipe, data = job.recipe, job.data
     task = task_for(recipe.task)
+    continual = prepare_continual(recipe, data, log)  # --from: the previous run's labels first, its rows to replay
+    if continual is not None:
+        data = continual.data
     check_report_to(recipe.train.report_to)
     for note in data.notes:
         log(f"note: {note}")
@@ -82,7 +100,7 @@ def train_command(recipe_path: str | None, overrides: list[str], output: str | N
         run_dir = create_run_dir(dist, output, recipe.name)
     if not dist.is_main:  # the other processes of a distributed launch only train
         with StopRequest(log).installed() as stop:
-            train(recipe, data, run_dir, log=lambda message: None, resume_from=checkpoint, stop=stop)
+            train(recipe, data, run_dir, log=lambda message: None, resume_from=checkpoint, stop=stop, hooks=continual)
         return 0
     log(f"run folder: {run_dir}")
     if resume is None:
@@ -95,20 +113,27 @@ def train_command(recipe_path: str | None, overrides: list[str], output: str | N
                                                             "test": len(data.test) if data.test else 0},
                        processes=dist.world_size, **resume_facts(run_dir, checkpoint, skipped))
     status.update(data=task.data_summary(data))
+    if continual is not None:
+        status.update(continual=continual.facts())
     start_manifest(run_dir, recipe, recipe_path, overrides, resume=status.data if checkpoint is not None else None)
     try:
         with StopRequest(log).installed() as stop:
             result = train(recipe, data, run_dir, log=log, resume_from=checkpoint, stop=stop,
-                           on_facts=lambda facts: status.update(**facts))
+                           on_facts=lambda facts: status.update(**facts), remove_checkpoints=False, hooks=continual)
         status.update(trainable_params=result.trainable_params, total_params=result.total_params,
                       trainable_share=result.trainable_params / result.total_params, best_epoch=result.best_epoch,
                       stopped_early=result.stopped_early, precision=result.runtime.precision_name,
                       validation={k: v for k, v in result.best_metrics.items()}, **result.facts)
         summary = {"validation": result.best_metrics}
+        fault_point("after-training")  # TUNEFORGE_FAULT: the reliability tests' kill -9 (docs/reliability.md)
         # [task] evaluate data.test into eval/test (multilabel first tunes its thresholds; sft also generates)
         summary.update(task.after_training(recipe, data, result, run_dir, log))
         if "test" in summary:
             status.update(test={k: v for k, v in summary["test"].items() if k not in ("per_class", "thresholds")})
+        forgetting = continual.measure_forgetting(result.model, result.tokenizer, result.runtime.device, run_dir,
+                                                  summary.get("test"), log) if continual is not None else None
+        if forgetting is not None:
+            status.update(forgetting={k: forgetting[k] for k in ("before", "after", "drop")})
     except TrainingInterrupted as interrupted:
         status.finish("interrupted", checkpoint=str(interrupted.checkpoint) if interrupted.checkpoint else None)
         if interrupted.checkpoint:
@@ -120,15 +145,32 @@ def train_command(recipe_path: str | None, overrides: list[str], output: str | N
         status.finish("interrupted")
         raise
     except BaseException as exc:
-        status.finish("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-        write_report_quietly(run_dir)
+        try:
+            status.finish("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            write_report_quietly(run_dir)
+        except OSError:
+            pass  # a full disk may refuse run.json too; the error below is the one to report
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             raise explain_out_of_memory(exc) from None
+        if disk_full(exc):  # the last intact checkpoint is still there: say how to go on from it
+            raise UserError(f"{run_dir}: " + disk_full_message(
+                exc, f"continue from the last intact checkpoint with: tuneforge train --resume {run_dir}"
+                if checkpoint_dirs(run_dir) else "start the run again (no checkpoint had been written yet)")) from None
         raise
-    status.finish("completed")
+    learning = result.facts.get("learning") or {}  # the learning guard's verdict on the final model
+    learned = learning.get("learned", True)
+    status.finish("completed" if learned else DID_NOT_LEARN)
+    remove_checkpoints(run_dir, log)  # only now: a run killed before this point can still be resumed
     write_report_quietly(run_dir)
     print(f"\nrun {run_dir} finished in {status.data['minutes']:.1f} min")
     print("\n".join(task.summary_lines(summary, result.facts)))  # [task] its headline metrics
+    for line in forgetting_lines(forgetting):
+        print(line)
+    if not learned:
+        print(f"WARNING: {learning['line']}\n  likely fixes: " + "; ".join(learning.get("likely_fixes", [])))
+        if recipe.train.fail_if_not_learning:
+            print(f"exit {EXIT_DID_NOT_LEARN}: train.fail_if_not_learning is true")
+            return EXIT_DID_NOT_LEARN
     return 0
 
 
@@ -159,6 +201,24 @@ def predict_command(run_dir: str, text: str | None, text_pair: str | None, input
         raise UserError(f"{output_file}: already exists; predict never overwrites a file, choose another --output")
     task = load_run_recipe(Path(run_dir)).task if Path(run_dir).is_dir() else "classification"
     return task_for(task).predict_command(run_dir, text, text_pair, input_file, output_file, top)  # [task]
+
+
+def explain_command(run_dir: str, text: str | None, text_pair: str | None, label: str | None,
+                    input_file: str | None, output_file: str | None, steps: int) -> int:
+    """``tuneforge explain RUN_DIR``: integrated-gradients token attributions of one text or of a file's rows."""
+    if (text is None) == (input_file is None):
+        raise UserError("explain: give either --text \"...\" or --input FILE --output FILE.jsonl|FILE.html")
+    if input_file is not None and output_file is None:
+        raise UserError("explain: --input needs --output FILE.jsonl or FILE.html")
+    explainer = Explainer(run_dir, steps=steps)
+    if text is not None:
+        print(format_explanation(explainer.explain(text, text_pair, label)))
+        return 0
+    explanations = explain_file(explainer, input_file, output_file, label)
+    worst = max((e.completeness_error for e in explanations), default=0.0)
+    print(f"wrote {len(explanations)} explanations to {output_file} (integrated gradients, {steps} steps; largest "
+          f"completeness error {worst:.2%})")
+    return 0
 
 
 def models_command() -> int:
@@ -240,7 +300,7 @@ def report_command(run_dir: str) -> int:
 
 
 def export_command(run_dir: str, fmt: str, quantize: str | None, output: str | None, data_file: str | None,
-                   min_agreement: float, measure: bool) -> int:
+                   min_agreement: float | None, measure: bool) -> int:
     out, report = export_run(run_dir, fmt, quantize, output, data_file=data_file, min_agreement=min_agreement,
                              measure=measure, log=log)
     print("\n".join(export_summary_lines(out, report)))
@@ -279,10 +339,10 @@ def plan_command(recipe_path: str, overrides: list[str], memory_gb: float | None
 
 def search_command(recipe_path: str, space_path: str, trials: int, storage: str | None, jobs: int, pruner: str,
                    sampler: str, metric: str | None, study_name: str | None, output: str | None,
-                   overrides: list[str]) -> int:
+                   overrides: list[str], heartbeat_s: int = 20) -> int:
 
     spec = prepare_search(recipe_path, space_path, trials, storage, jobs, pruner, sampler, metric, study_name,
-                          output, overrides, log=log)
+                          output, overrides, log=log, heartbeat_s=heartbeat_s)
     log(f"search folder: {spec.output}")
     try:
         run_search(spec, log=log)
@@ -332,4 +392,10 @@ def runs_command(folder: str, sort: str, descending: bool, as_json: bool) -> int
         print(f"{folder}: no run folders (none has a run.json)")
     else:
         print(format_table(rows))
+    return 0
+
+
+def ui_command(folder: str, recipe_dirs: list[str], host: str, port: int) -> int:
+    """``tuneforge ui``: the web dashboard over FOLDER until Ctrl-C."""
+    serve_ui(folder, recipe_dirs, host, port, log=log)
     return 0

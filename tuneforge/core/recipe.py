@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from tuneforge.base.errors import UserError
+from tuneforge.base.integrity import verify_run_files
 from tuneforge.base.recipe import Recipe, check_recipe, read_recipe
 from tuneforge.core.methods import method_configs
 
@@ -29,9 +30,15 @@ def validate_recipe(raw: dict[str, Any], source: Path | str = "recipe", text: st
 
 
 def load_run_recipe(run_dir: str | Path) -> Recipe:
-    """The recipe a finished (or interrupted) run folder was trained with: its ``config.yaml``."""
+    """The recipe a finished (or interrupted) run folder was trained with: its ``config.yaml``.
+
+    Every loader of a run's model (predict, eval, export, serve, generate, a distillation teacher, ``--from``)
+    reads the run through here, so this is where the model files are checked against ``artifacts.json``
+    (:func:`tuneforge.base.integrity.verify_run_files`; ``--no-verify`` skips it): a changed file is refused
+    before anything is loaded."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir}: not a tuneforge run folder (no config.yaml); pass the folder `tuneforge train` "
                         "wrote")
+    verify_run_files(run_dir)
     return validate_recipe(yaml.safe_load(path.read_text(encoding="utf-8")), source=path)

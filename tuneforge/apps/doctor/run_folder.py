@@ -14,12 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuneforge.apps.export.runtime import REPORT_NAME
-from tuneforge.base.integrity import ARTIFACTS_NAME, file_records
-
-RUN_FOLDERS = ("model", "adapter", "base")
-# Records beside an export's model files, rewritten after its check (they are not the model).
-EXPORT_RECORDS = (ARTIFACTS_NAME, REPORT_NAME)
+from tuneforge.base.integrity import ARTIFACTS_NAME, EXPORT_RECORDS, RUN_FOLDERS, compare_files
+from tuneforge.base.runfolder import DID_NOT_LEARN
 FILES_SHOWN = 5
 
 
@@ -74,6 +70,10 @@ def check_status(report, run_dir: Path, log) -> None:
     report.measurements["run"] = {key: status.get(key) for key in ("status", "task", "model", "method")}
     if state == "completed":
         report.add("ok", "run", summary, log=log)
+    elif state == DID_NOT_LEARN:  # tuneforge.core.evaluate.learning_guard judged the final model
+        learning = status.get("learning") or {}
+        report.add("fail", "run", f"{summary}; {learning.get('line', 'no better than a model that learned nothing')}",
+                   "; ".join(learning.get("likely_fixes") or ["see docs/tasks.md (the learning guard)"]), log=log)
     elif state == "failed":
         report.add("fail", "run", f"{summary}; error: {status.get('error', 'not recorded')}",
                    "see run.json; fix the cause and train again", log=log)
@@ -112,17 +112,8 @@ def check_files(report, name: str, recorded: list[dict[str, Any]], folder: Path,
             report.add("fail", f"{name} files", f"{folder} is missing ({len(recorded)} files were recorded)",
                        "the model was moved or deleted; train again", log=log)
         return
-    if scope is None:
-        present = {record["path"]: record for record in file_records(folder) if record["path"] not in EXPORT_RECORDS}
-        recorded = [record for record in recorded if record["path"] not in EXPORT_RECORDS]
-    else:
-        present = {f"{sub}/{record['path']}": record for sub in scope if (folder / sub).is_dir()
-                   for record in file_records(folder / sub)}
-    expected = {record["path"]: record for record in recorded}
-    missing = [path for path in expected if path not in present]
-    changed = [path for path, record in expected.items()
-               if path in present and present[path]["sha256"] != record["sha256"]]
-    added = [path for path in present if path not in expected]
+    found = compare_files(recorded, folder, scope, ignore=EXPORT_RECORDS if scope is None else ())
+    expected, missing, changed, added = found.expected, found.missing, found.changed, found.added
     report.measurements.setdefault("artifacts", {})[name] = {"files": len(expected), "missing": missing,
                                                             "changed": changed, "unrecorded": added}
     if missing or changed:

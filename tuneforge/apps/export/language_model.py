@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from tuneforge.base.errors import UserError
+from tuneforge.base.faults import fault_point
 from tuneforge.base.integrity import LANGUAGE_MODEL_TOLERANCE, IntegrityError, gate_export
 from tuneforge.base.models import load_tokenizer
 from tuneforge.base.recipe import Recipe
@@ -36,7 +37,8 @@ from tuneforge.core.methods.layout import has_plain_model
 from tuneforge.core.tasks import LanguageModelTask
 from tuneforge.core.tasks.generative import probe_positions, token_logits
 from tuneforge.apps.export.parity import ParityError, compare_logits, gate_key, raise_if_checks_failed
-from tuneforge.apps.export.runtime import export_versions, remove_partial_export, write_report
+from tuneforge.apps.export.runtime import REPORT_NAME, export_versions, remove_partial_export, write_report
+from tuneforge.apps.export.unfinished import mark_unfinished
 
 # Validation rows whose token logits are compared (at most PROBE_MAX_TOKENS positions of them, see
 # tuneforge.core.tasks.generative: each position compares a whole vocabulary of logits).
@@ -123,10 +125,12 @@ def export_language_model(run_dir: Path, recipe: Recipe, task: LanguageModelTask
 
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    mark_unfinished(out)
     try:
         log(f"writing safetensors model and tokenizer to {out}")
         reference.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
+        fault_point("export-write")  # TUNEFORGE_FAULT: the reliability tests' kill -9 (docs/reliability.md)
         model_file = "model.safetensors" if (out / "model.safetensors").is_file() else "model.safetensors.index.json"
         auto = auto_class_name(task)
         report = {
@@ -137,7 +141,7 @@ def export_language_model(run_dir: Path, recipe: Recipe, task: LanguageModelTask
             "model_file": model_file,
             "model_class": type(reference).__name__,
             "load_with": f"transformers.{auto}.from_pretrained(DIR), AutoTokenizer.from_pretrained(DIR)",
-            "files": sorted(p.name for p in out.iterdir()),
+            "files": sorted(p.name for p in out.iterdir() if p.name != REPORT_NAME),
             "dtype": str(next(reference.parameters()).dtype).removeprefix("torch."),
             "max_length": recipe.data.max_length,
             "method": recipe.method.name,

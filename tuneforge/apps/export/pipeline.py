@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from tuneforge.base.errors import UserError
+from tuneforge.base.faults import fault_point
 from tuneforge.base.integrity import IntegrityError, gate_export
 from tuneforge.base.tables import read_table
 from tuneforge.core.data.examples import load_classification_data
@@ -33,12 +34,13 @@ from tuneforge.core.recipe import load_run_recipe
 from tuneforge.core.tasks import LanguageModelTask, task_for
 from tuneforge.apps.export import language_model
 from tuneforge.apps.export.latency import BenchSettings, benchmark, labelled_accuracy, size_bytes
-from tuneforge.apps.export.parity import (MIN_AGREEMENT, ParityError, check_parity, gate_key,
+from tuneforge.apps.export.parity import (ParityError, check_parity, describe_parity, gate_key,
                                           raise_if_checks_failed)
 from tuneforge.apps.export.runtime import (FORMATS, MODEL_FILES, REPORT_NAME, OnnxBackend, TextClassifier,
                                            TorchScriptBackend, check_export_format, cpu_threads, export_versions,
                                            load_classifier, remove_partial_export, run_task,
                                            write_report)
+from tuneforge.apps.export.unfinished import mark_unfinished, reclaim_unfinished_export
 # the exporters as modules, not names: looked up at call time, so a test can replace one (a broken exporter)
 from tuneforge.apps.export import onnx as onnx_export, quantize as quantization, torchscript as torchscript_export
 
@@ -48,10 +50,13 @@ PARITY_ROWS = 512
 
 def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, output: str | Path | None = None, *,
                data_file: str | Path | None = None, parity_rows: int = PARITY_ROWS,
-               min_agreement: float = MIN_AGREEMENT, measure: bool = True, settings: BenchSettings | None = None,
+               min_agreement: float | None = None, measure: bool = True, settings: BenchSettings | None = None,
                log: Callable[[str], None] = lambda message: None) -> tuple[Path, dict]:
     """Export ``run_dir``; return the export folder and the report. Raises ParityError (after writing the
     report) when the exported model disagrees with the run's model on too many validation rows.
+    ``min_agreement``: the strict gate (agreement on every parity row); None: the default gate of the export's
+    kind (:mod:`tuneforge.apps.export.parity`: an INT8 export is judged on the rows where the fp32 model is
+    confident, and on its validation accuracy).
 
     ``fmt`` must be one of the run's task's ``export_formats``; language-model runs are exported by
     :func:`tuneforge.apps.export.language_model.export_language_model` (``data_file``, ``parity_rows``,
@@ -73,9 +78,10 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
         raise UserError("export: --format safetensors --quantize int8: not supported yet (safetensors stores "
                         "plain tensors, PyTorch's dynamic INT8 layers keep packed weights); use --format onnx or "
                         "--format torchscript with --quantize int8")
-    if not 0 < min_agreement <= 1:
+    if min_agreement is not None and not 0 < min_agreement <= 1:
         raise UserError(f"export: --min-agreement must be in (0, 1], got {min_agreement}")
     out = Path(output) if output is not None else run_dir / "export" / (fmt + (f"-{quantize}" if quantize else ""))
+    reclaim_unfinished_export(out, log)  # what a killed export left there: emptied, this export starts over
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists and is not empty; export never overwrites, choose another --output "
                         "or remove that folder yourself")
@@ -99,22 +105,31 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
 
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    mark_unfinished(out)
     scratch = Path(tempfile.mkdtemp(prefix="tuneforge-export-"))
     try:
         model_file = out / MODEL_FILES[fmt]
         before_file = None
+        plan = None
+        if quantize:
+            log(f"INT8: measuring each layer's sensitivity on {min(len(texts), quantization.SENSITIVITY_ROWS)} rows")
+            plan = quantization.plan_quantization(model, sensitivity_batches(reference, texts, pairs))
+            log(f"INT8: {len(plan.quantized)} layers quantized, kept in fp32: {', '.join(plan.kept) or 'none'}")
         log(f"writing {fmt}{' int8' if quantize else ''} model to {out}")
         if fmt == "onnx":
             fp32_file = scratch / "model-fp32.onnx" if quantize else model_file
             onnx_export.export_onnx(model, example, input_names, fp32_file)
-            if quantize:
-                quantization.quantize_onnx(fp32_file, model_file)
+            if plan is not None:
+                not_found = quantization.quantize_onnx(fp32_file, model_file, quantization.kept_weights(model, plan))
+                for name in not_found:  # the gate below still judges the result; say what was not kept
+                    plan.kept.pop(name)
+                    log(f"INT8: no ONNX node found for {name}; it is quantized too")
                 before_file = fp32_file
         elif fmt == "torchscript":
-            if quantize:
+            if plan is not None:
                 before_file = scratch / "model-fp32.pt"
                 torchscript_export.export_torchscript(model, example, input_names, before_file)
-                torchscript_export.export_torchscript(quantization.quantize_torch(model), example, input_names,
+                torchscript_export.export_torchscript(quantization.quantize_torch(model, plan), example, input_names,
                                                       model_file)
             else:
                 torchscript_export.export_torchscript(model, example, input_names, model_file)
@@ -122,6 +137,7 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
             model.save_pretrained(out, safe_serialization=True)
         _save_tokenizer(tokenizer, out, reference.encoder.max_length)
         (out / "labels.json").write_text(json.dumps(label_names, indent=1, ensure_ascii=False), encoding="utf-8")
+        fault_point("export-write")  # TUNEFORGE_FAULT: the reliability tests' kill -9 (docs/reliability.md)
 
         report = {
             "status": "checking",
@@ -129,7 +145,7 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
             "format": fmt,
             "quantize": quantize,
             "model_file": model_file.name,
-            "files": sorted(p.name for p in out.iterdir()),
+            "files": sorted(p.name for p in out.iterdir() if p.name != REPORT_NAME),
             "input_names": input_names,
             "output_names": ["logits"],
             "max_length": reference.encoder.max_length,
@@ -140,15 +156,17 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
             "created": datetime.now().isoformat(timespec="seconds"),
             "versions": export_versions(),
         }
+        if plan is not None:
+            report["quantization"] = plan.as_dict()
         write_report(out, report)
 
         candidate = load_classifier(out, require_parity=False)
-        parity = check_parity(reference, candidate, texts, pairs, min_agreement)
-        report["parity"] = {"reference": "the run's PyTorch fp32 model (model/)", "rows": source, **parity}
-        log(f"parity: agreement {parity['agreement']:.2%} on {parity['n_examples']} rows, max |Δlogit| "
-            f"{parity['max_abs_logit_diff']:.3g}")
         # The integrity gate (docs/trust.md): labelled validation rows, collapse and accuracy-drop checks.
         gate_rows = labelled_validation_rows(recipe, label_names, parity_rows) if data_file is None else None
+        parity = check_parity(reference, candidate, texts, pairs, min_agreement, quantized=bool(quantize),
+                              labelled=gate_rows is not None)
+        report["parity"] = {"reference": "the run's PyTorch fp32 model (model/)", "rows": source, **parity}
+        log(f"parity: {describe_parity(parity)}, max |Δlogit| {parity['max_abs_logit_diff']:.3g}")
         gate = gate_export(reference, candidate, *(gate_rows or (texts, pairs, None)), out, quantized=bool(quantize),
                            max_metric_drop=recipe.export.max_metric_drop, run_dir=run_dir,
                            key=gate_key(out, run_dir))
@@ -231,6 +249,18 @@ def labelled_validation_rows(recipe, label_names: list[str], limit: int):
         texts, labels = [texts[i] for i in pick], labels[pick]
         pairs = [pairs[i] for i in pick] if pairs is not None else None
     return texts, pairs, labels
+
+
+def sensitivity_batches(reference: TextClassifier, texts: list[str], pairs: list[str] | None,
+                        batch_size: int = 32) -> list[dict]:
+    """The first ``SENSITIVITY_ROWS`` parity rows as model inputs (tensors), in batches, for the INT8 plan."""
+    import torch
+
+    rows = min(len(texts), quantization.SENSITIVITY_ROWS)
+    return [{name: torch.from_numpy(array) for name, array in
+             reference.encoder(texts[start:start + batch_size],
+                               pairs[start:start + batch_size] if pairs is not None else None).items()}
+            for start in range(0, rows, min(batch_size, rows))]
 
 
 def example_batch(reference: TextClassifier, texts: list[str], pairs: list[str] | None) -> dict[str, np.ndarray]:
@@ -328,6 +358,23 @@ def summary_lines(out: Path, report: dict) -> list[str]:
              f"  parity vs the run's PyTorch model on {parity['n_examples']} {parity.get('unit', 'rows')} of "
              f"{parity['rows']}: agreement "
              f"{parity['agreement']:.2%}, max |Δlogit| {parity['max_abs_logit_diff']:.3g}"]
+    confident = parity.get("confident")
+    if report.get("quantize") and confident:
+        shown = f"{confident['agreement']:.2%}" if confident["agreement"] is not None else "n/a"
+        lines.append(f"  agreement on the {confident['rows']} rows where fp32 is >= "
+                     f"{confident['probability_at_least']:.0%} confident: {shown}"
+                     + {"confident": " (the gate)", "accuracy": " (no such row: the accuracy drop alone judges)"}.get(
+                         parity.get("rule"), f" (gate: agreement on all rows >= {parity.get('min_agreement') or 0:.0%})"))
+    integrity = report.get("integrity") or {}
+    if "reloaded_accuracy" in integrity:
+        lines.append(f"  validation accuracy on {integrity['n_examples']} rows: {integrity['in_memory_accuracy']:.4f} "
+                     f"(run) -> {integrity['reloaded_accuracy']:.4f} (export), "
+                     f"{100 * integrity['metric_drop']:+.2f} points drop (at most "
+                     f"{100 * integrity['max_metric_drop']:.2f} allowed)")
+    quantization = report.get("quantization")
+    if quantization:
+        lines.append(f"  INT8: {quantization['quantized_layers']} layers quantized (per-channel); kept in fp32: "
+                     f"{', '.join(quantization['kept_fp32']) or 'none'}")
     bench = report.get("benchmark")
     if bench:
         lines.append(f"  measured on {bench['cpu']}, {bench['threads']} threads (load average "

@@ -18,10 +18,11 @@ import numpy as np
 from tuneforge import __version__
 from tuneforge.base.atomic import write_json_atomic
 from tuneforge.base.errors import UserError
+from tuneforge.base.integrity import EXPORT_REPORT_NAME, verify_export_files
 from tuneforge.core.tasks import TASKS, LanguageModelTask
 from tuneforge.core.tasks.predictor import Predictor
 
-REPORT_NAME = "export_report.json"
+REPORT_NAME = EXPORT_REPORT_NAME
 FORMATS = ("onnx", "torchscript", "safetensors")
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt", "safetensors": "model.safetensors"}
 # What `tuneforge serve` (and load_classifier) reads: a single-label classifier and its labels.json.
@@ -303,8 +304,8 @@ def _load_export(export_dir: Path, threads: int | None, require_parity: bool) ->
     if require_parity and not parity.get("passed"):
         if not parity:
             raise UserError(f"{export_dir}: this export never finished its parity check; re-export the run")
-        raise UserError(f"{export_dir}: this export failed its parity check (agreement {parity['agreement']:.2%}, "
-                        f"needed {parity['min_agreement']:.0%}); it is kept for inspection only: re-export the run")
+        raise UserError(f"{export_dir}: this export failed its parity check (agreement {parity['agreement']:.2%}; "
+                        f"see its {REPORT_NAME}); it is kept for inspection only: re-export the run")
     integrity = report.get("integrity") or {}
     if require_parity and integrity.get("passed") is False:
         raise UserError(f"{export_dir}: this export failed its integrity gate ({'; '.join(integrity['problems'])}); "
@@ -313,6 +314,8 @@ def _load_export(export_dir: Path, threads: int | None, require_parity: bool) ->
     model_file = export_dir / report["model_file"]
     if not model_file.is_file():
         raise UserError(f"{export_dir}: {report['model_file']} is missing; re-export the run")
+    if require_parity:  # a finished export: its files must be the ones its gate checked (during export: none yet)
+        verify_export_files(export_dir)
     tokenizer = AutoTokenizer.from_pretrained(export_dir)
     input_names = report["input_names"]
     name = f"{fmt} {quantize or 'fp32'}"

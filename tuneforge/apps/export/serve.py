@@ -5,6 +5,7 @@ models included) are refused with "not supported yet" when loaded (:func:`runtim
 - ``POST /predict`` with ``{"texts": [...]}`` (plus ``"text_pairs": [...]`` for sentence-pair runs) returns
   one prediction per text: the label, its probability and the probability of every label.
 - ``GET /health`` says what is served, the limits, and how many requests and batches it has run.
+- ``GET /openapi.json`` describes both as an OpenAPI schema with the server's limits (:mod:`serve_api`).
 
 Request batching: one worker runs the model; while it runs, new requests queue, and the next forward
 pass takes every queued request at once (up to ``max_batch`` texts). A lone request waits for nothing;
@@ -27,6 +28,7 @@ import numpy as np
 
 from tuneforge.base.errors import UserError
 from tuneforge.apps.export.runtime import load_classifier
+from tuneforge.apps.export.serve_api import health_operation, predict_operation
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -60,6 +62,8 @@ def parse_request(body: bytes, is_pair_task: bool, limits: Limits) -> tuple[list
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BadRequest(400, f"the body is not valid JSON ({error}); send {{\"texts\": [\"...\"]}}") from None
+    except RecursionError:
+        raise BadRequest(400, "the body's JSON is nested too deeply; send {\"texts\": [\"...\"]}") from None
     if not isinstance(payload, dict):
         raise BadRequest(422, f"the body must be a JSON object like {{\"texts\": [\"...\"]}}, not {type(payload).__name__}")
     unknown = sorted(set(payload) - {"texts", "text_pairs"})
@@ -95,9 +99,20 @@ def _text_list(payload: dict, field: str, limits: Limits) -> list[str]:
             raise BadRequest(422, f"{field}[{i}] must be a string, not {type(value).__name__}")
         if not value.strip():
             raise BadRequest(422, f"{field}[{i}] is empty")
+        if not value.isascii() and not _is_unicode(value):
+            raise BadRequest(422, f"{field}[{i}] holds an unpaired surrogate escape (\\ud800-\\udfff alone), which is "
+                                  "not a character")
         if len(value) > limits.max_text_chars:
             raise BadRequest(413, f"{field}[{i}] has {len(value)} characters; the limit is {limits.max_text_chars}")
     return values
+
+
+def _is_unicode(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Batcher:
@@ -107,13 +122,15 @@ class Batcher:
         self.classifier = classifier
         self.max_batch = max_batch
         self.queue: asyncio.Queue | None = None
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneforge-model")
+        self.executor: ThreadPoolExecutor | None = None
         self.task: asyncio.Task | None = None
         self.requests = 0
         self.batches = 0
         self.texts = 0
 
     async def start(self) -> None:
+        # made here, not in __init__: stop() shuts it down, and an app's lifespan may run again (tests, reloads)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneforge-model")
         self.queue = asyncio.Queue()
         self.task = asyncio.create_task(self._run())
 
@@ -124,7 +141,8 @@ class Batcher:
                 await self.task
             except asyncio.CancelledError:
                 pass
-        self.executor.shutdown(wait=True)
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
 
     async def probabilities(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
         future = asyncio.get_running_loop().create_future()
@@ -185,7 +203,9 @@ def create_app(classifier, limits: Limits | None = None):
         yield
         await batcher.stop()
 
-    app = FastAPI(title="tuneforge serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # /openapi.json describes the API (serve_api.py): clients and fuzzers read the limits and shapes from it
+    app = FastAPI(title="tuneforge serve", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json")
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -196,16 +216,20 @@ def create_app(classifier, limits: Limits | None = None):
 
     @app.exception_handler(405)
     async def wrong_method(request: Request, exc) -> JSONResponse:
-        return error(405, f"{request.method} is not allowed on {request.url.path}; use POST /predict or GET /health")
+        response = error(405, f"{request.method} is not allowed on {request.url.path}; use POST /predict or GET "
+                              "/health")
+        response.headers.update(getattr(exc, "headers", None) or {})  # `Allow: GET` (RFC 9110), as Starlette sets it
+        return response
 
-    @app.get("/health")
+    @app.get("/health", openapi_extra=health_operation())
     async def health() -> dict:
         return {"status": "ok", "model": classifier.description, "source": str(classifier.source), "labels": names,
                 "pair_task": classifier.is_pair_task, "max_texts": limits.max_texts,
                 "max_text_chars": limits.max_text_chars, "max_batch": limits.max_batch,
                 "requests": batcher.requests, "batches": batcher.batches, "texts": batcher.texts}
 
-    @app.post("/predict")
+    @app.post("/predict", openapi_extra=predict_operation(limits.max_texts, limits.max_text_chars, list(names),
+                                                          classifier.is_pair_task))
     async def predict(request: Request) -> JSONResponse:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:

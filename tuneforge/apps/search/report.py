@@ -19,7 +19,7 @@ import yaml
 
 from tuneforge.core.recipe import load_recipe
 from tuneforge.apps.search.space import override_item
-from tuneforge.apps.search.study import HEARTBEAT_GRACE_S, SearchSpec, open_study
+from tuneforge.apps.search.study import HEARTBEAT_GRACE_FACTOR, SearchSpec, open_study
 
 
 @dataclass
@@ -81,8 +81,8 @@ def write_search_report(spec: SearchSpec) -> SearchSummary:
         summary.notes.append("no trial has completed yet, so there is no best.yaml")
     if counts["running"]:
         summary.notes.append(f"{counts['running']} trial(s) still marked running: other workers, or workers that "
-                             f"were killed (Optuna marks those failed once their heartbeat is older than "
-                             f"{HEARTBEAT_GRACE_S} s)")
+                             f"were killed (Optuna marks those failed, and retries them once, when their heartbeat "
+                             f"is older than {HEARTBEAT_GRACE_FACTOR * spec.heartbeat_s} s)")
     summary.importances = write_importance(study, folder, summary.notes)
     (folder / "trials.md").write_text(_markdown_table(frame), encoding="utf-8")
     (folder / "search.md").write_text(_summary_markdown(spec, summary, frame), encoding="utf-8")

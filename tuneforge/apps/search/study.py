@@ -8,8 +8,11 @@ write the summary (:mod:`tuneforge.apps.search.report`).
 Persistence and parallelism are Optuna's own: every trial lives in an RDB storage (by default the SQLite file
 ``study.db`` in the search folder; any SQLAlchemy URL works the same, so several machines can share one study).
 A rerun with the same storage and study name loads the study and runs only the trials still missing, so a
-killed search continues where it stopped. Workers send a heartbeat; a trial whose worker died is marked failed
-by Optuna once its heartbeat is older than ``HEARTBEAT_GRACE_S``.
+killed search continues where it stopped. Workers send a heartbeat every ``--heartbeat`` seconds; a trial whose
+worker died is marked failed by Optuna once its heartbeat is ``HEARTBEAT_GRACE_FACTOR`` times older than that
+(checked whenever any worker starts a trial), and retried once with the same values (Optuna's
+``RetryHeartbeatStaleTrialCallback``), so a killed worker loses no trial. ``postgresql://`` URLs use psycopg (v3)
+when psycopg2 is not installed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -41,7 +45,8 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
 SPEC_FILE = "search.json"
 HEARTBEAT_INTERVAL_S = 20
-HEARTBEAT_GRACE_S = 60
+HEARTBEAT_GRACE_FACTOR = 3  # a trial whose heartbeat is this many intervals old is failed (and retried once)
+MAX_RETRIES = 1
 
 
 def _counted_states():
@@ -68,6 +73,7 @@ class SearchSpec:
     output: str
     seed: int
     overrides: list[str] = field(default_factory=list)
+    heartbeat_s: int = HEARTBEAT_INTERVAL_S
 
     @property
     def parameters(self) -> list[Parameter]:
@@ -84,13 +90,16 @@ class SearchSpec:
 def prepare_search(recipe_path: str, space_path: str, trials: int, storage: str | None = None, jobs: int = 1,
                    pruner: str = "median", sampler: str = "tpe", metric: str | None = None,
                    study_name: str | None = None, output: str | None = None,
-                   overrides: list[str] | None = None, log=print) -> SearchSpec:
+                   overrides: list[str] | None = None, log=print,
+                   heartbeat_s: int = HEARTBEAT_INTERVAL_S) -> SearchSpec:
     """Check everything that can be checked before the first trial, create (or reopen) the search folder."""
 
     if trials < 1:
         raise UserError(f"--trials must be at least 1 (got {trials})")
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1 (got {jobs})")
+    if heartbeat_s < 1:
+        raise UserError(f"--heartbeat must be at least 1 second (got {heartbeat_s})")
     if pruner not in PRUNERS:
         raise UserError(f"--pruner {pruner!r} unknown{did_you_mean(pruner, PRUNERS)}; choose {', '.join(PRUNERS)}")
     if sampler not in SAMPLERS:
@@ -137,25 +146,44 @@ def prepare_search(recipe_path: str, space_path: str, trials: int, storage: str 
                       space={p.key: p.to_dict() for p in parameters}, storage=storage, study_name=study_name,
                       metric=metric, direction="minimize" if metric in LOWER_IS_BETTER else "maximize",
                       sampler=sampler, pruner=pruner, trials=trials, jobs=jobs, output=str(folder),
-                      seed=recipe.train.seed, overrides=overrides)
+                      seed=recipe.train.seed, overrides=overrides, heartbeat_s=heartbeat_s)
     study = open_study(spec)
     _check_same_study(study, spec)
     spec.save()
     return spec
 
 
+def sqlalchemy_url(url: str) -> str:
+    """``url`` as SQLAlchemy should open it: a plain ``postgresql://`` means psycopg2 to SQLAlchemy; when only
+    psycopg (v3, tuneforge's dev extra) is installed, use that driver."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None and \
+            importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
 def open_study(spec: SearchSpec, worker: int = 0):
     """Create or load the study in its storage, with the spec's sampler and pruner."""
     import optuna
 
+    try:  # Optuna >= 4.9 names the retry after what triggers it
+        from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+        retry_argument = "heartbeat_stale_trial_callback"
+    except ImportError:
+        from optuna.storages import RetryFailedTrialCallback as Retry
+        retry_argument = "failed_trial_callback"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    engine_kwargs = {"connect_args": {"timeout": 120}} if spec.storage.startswith("sqlite") else None
+    engine_kwargs = ({"connect_args": {"timeout": 120}} if spec.storage.startswith("sqlite")
+                     else {"pool_pre_ping": True})
     try:
-        with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna; it is what resumes killed runs
+        with warnings.catch_warnings():  # heartbeat and retry are "experimental" in Optuna; they resume killed runs
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(spec.storage, engine_kwargs=engine_kwargs,
-                                                 heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                                                 grace_period=HEARTBEAT_GRACE_S)
+            retry = {retry_argument: Retry(max_retry=MAX_RETRIES)}
+            storage = optuna.storages.RDBStorage(
+                sqlalchemy_url(spec.storage), engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_s,
+                grace_period=HEARTBEAT_GRACE_FACTOR * spec.heartbeat_s, **retry)
     except Exception as exc:  # noqa: BLE001 - a bad URL, a missing driver, an unreachable server
         raise UserError(f"--storage {spec.storage}: cannot open it ({type(exc).__name__}: {exc}); "
                         "give a SQLAlchemy URL such as sqlite:///study.db or postgresql://user@host/db") from None
@@ -215,8 +243,9 @@ class Objective:
     """One trial: draw the space's values, train the recipe with them into ``trials/trial-NNNN/``, report each
     epoch's validation metric to the pruner; the value is the metric at the run's best epoch."""
 
-    def __init__(self, spec: SearchSpec) -> None:
+    def __init__(self, spec: SearchSpec, worker: int = 0) -> None:
         self.spec = spec
+        self.worker = worker
         self.parameters = spec.parameters
 
     def __call__(self, trial) -> float:
@@ -225,6 +254,8 @@ class Objective:
 
         spec = self.spec
         values = {parameter.key: parameter.suggest(trial) for parameter in self.parameters}
+        # who ran it: several workers, possibly on several machines, share the storage
+        trial.set_user_attr("worker", {"index": self.worker, "host": socket.gethostname(), "pid": os.getpid()})
         overrides = [*spec.overrides, *(override_item(key, value) for key, value in values.items())]
         run_dir = Path(spec.output) / "trials" / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
@@ -299,7 +330,7 @@ def run_worker(spec: SearchSpec, worker: int = 0, log=print) -> None:
     from optuna.study import MaxTrialsCallback
 
     study = open_study(spec, worker)
-    missing = spec.trials - finished_trials(study)
+    missing = max(spec.trials - finished_trials(study), waiting_retries(study))
     if missing <= 0:
         return
 
@@ -307,15 +338,36 @@ def run_worker(spec: SearchSpec, worker: int = 0, log=print) -> None:
         log(describe_trial(frozen))
 
     # At most `missing` attempts per worker: trials that keep failing cannot loop forever; a rerun adds more.
-    study.optimize(Objective(spec), n_trials=missing, catch=(UserError,), gc_after_trial=True,
+    study.optimize(Objective(spec, worker), n_trials=missing, catch=(UserError,), gc_after_trial=True,
                    callbacks=[MaxTrialsCallback(spec.trials, states=_counted_states()), announce])
+
+
+def waiting_retries(study) -> int:
+    """Trials waiting to run: the retries of trials whose worker died (run even when the count is reached)."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def fail_dead_workers_trials(study, log=print) -> None:
+    """Mark failed, and queue a retry of, every running trial whose heartbeat is stale (its worker died)."""
+    import optuna
+
+    before = waiting_retries(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    if waiting_retries(study) > before:
+        log(f"{waiting_retries(study) - before} trial(s) of dead workers marked failed; each is retried once with "
+            "the same values")
 
 
 def run_search(spec: SearchSpec, log=print) -> None:
     """Run the missing trials: in this process (``jobs`` 1) or in ``jobs`` worker processes sharing the storage."""
     study = open_study(spec)
+    fail_dead_workers_trials(study, log)
     done = finished_trials(study)
-    missing = spec.trials - done
+    missing = max(spec.trials - done, waiting_retries(study))
     if missing <= 0:
         log(f"study '{spec.study_name}' already has {done} completed or pruned trial(s) (--trials {spec.trials}); "
             "nothing to run (raise --trials to add more)")

@@ -41,6 +41,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tuneforge.base.errors import UserError
+from tuneforge.base.faults import fault_point
 from tuneforge.base.runfolder import PICKLE_SUFFIXES
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -225,7 +226,23 @@ class Checkpointer:
         partial = self.folder / f"{PARTIAL_PREFIX}{name}-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
+        try:
+            self._write(partial, loop, trainable, optimizer, scheduler, scaler, best_state)
+        except BaseException:  # a full disk, say: free what the cut-short write took; the previous checkpoints stay
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        final = self.folder / name
+        os.replace(partial, final)
+        _fsync_dir(self.folder)
+        self.last_saved = final
+        self._prune()
+        return final
 
+    @staticmethod
+    def _write(partial: Path, loop: LoopState, trainable: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+               scheduler: Any, scaler: torch.amp.GradScaler | None,
+               best_state: dict[str, torch.Tensor] | None) -> None:
+        """The checkpoint's three files in ``partial``, each fsynced, the manifest last."""
         rng_json, rng_tensors = capture_rng_states()
         optimizer_json, optimizer_tensors = _split_optimizer_state(optimizer)
         tensors: dict[str, torch.Tensor] = {}
@@ -236,6 +253,7 @@ class Checkpointer:
         # safetensors wants contiguous CPU tensors that share no memory.
         save_file({key: value.detach().to("cpu").contiguous().clone() for key, value in tensors.items()},
                   str(partial / "weights.safetensors"))
+        fault_point("checkpoint-write")  # TUNEFORGE_FAULT: the reliability tests' kill -9 (docs/reliability.md)
         state = {"format": FORMAT_VERSION, "loop": asdict(loop), "rng": rng_json, "optimizer": optimizer_json,
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                  "has_best": best_state is not None}
@@ -249,24 +267,25 @@ class Checkpointer:
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         _fsync_file(partial / "manifest.json")
         _fsync_dir(partial)
-        final = self.folder / name
-        os.replace(partial, final)
-        _fsync_dir(self.folder)
-        self.last_saved = final
-        self._prune()
-        return final
 
     def remove_all(self, log=print) -> None:
         """Delete every checkpoint once the model is saved: a finished training cannot be resumed."""
-        if self.enabled and self.folder.is_dir():
-            shutil.rmtree(self.folder, ignore_errors=True)
-            log(f"removed {self.folder} (training finished and the model is saved)")
+        if self.enabled:
+            remove_checkpoints(self.folder.parent, log)
 
     def _prune(self) -> None:
         for old in checkpoint_dirs(self.folder.parent)[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         for leftover in self.folder.glob(f"{PARTIAL_PREFIX}*"):  # a save cut short by a kill
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def remove_checkpoints(run_dir: Path, log=print) -> None:
+    """Delete the run's checkpoints: once the run is complete there is nothing left to resume."""
+    folder = Path(run_dir) / CHECKPOINTS_DIR
+    if folder.is_dir():
+        shutil.rmtree(folder, ignore_errors=True)
+        log(f"removed {folder} (training finished and the model is saved)")
 
 
 # ----------------------------------------------------------------------------- reading back
@@ -393,7 +412,7 @@ def check_free_disk(run_dir: Path, trainable_params: int, total_params: int, kee
     free = shutil.disk_usage(run_dir).free
     if free < needed * 1.1:
         raise UserError(f"{run_dir}: only {free / 2**20:.0f} MiB free on its disk; this run needs about "
-                        f"{needed * 1.1 / 2**20:.0f} MiB ({keep} checkpoint(s) of {per_checkpoint / 2**20:.0f} MiB "
+                        f"{needed * 1.1 / 2**20:.0f} MiB ({keep} checkpoint(s) of {per_checkpoint / 2**20:.1f} MiB "
                         "plus the model). Free some space, choose another --output, or lower train.keep_checkpoints")
 
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tuneforge.base.faults import fault_point
 from tuneforge.base.recipe import Recipe
 from tuneforge.core.anatomy import describe, frozen_blocks_to_eval
 from tuneforge.core.engine.activation_cache import CachedPrefix, build_cache
@@ -41,9 +42,11 @@ from tuneforge.core.engine.checkpoint import (BadStepGuard, Checkpointer, LoopSt
                                               truncate_metrics)
 from tuneforge.core.engine.distill import Distiller, shrink_student
 from tuneforge.core.engine.distributed import distributed
+from tuneforge.core.engine.hooks import LoopHooks
 from tuneforge.core.engine.optim import build_optimizer, build_scheduler, take_optimizer_step
 from tuneforge.core.engine.runtime import Runtime, setup_runtime
 from tuneforge.core.engine.tracking import MetricsLog
+from tuneforge.core.evaluate.learning_guard import judge_learning
 from tuneforge.core.methods import Method, build_method
 from tuneforge.core.tasks import task_for
 from tuneforge.core.tasks.image import TEACHER_PIXELS
@@ -75,7 +78,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 def train(recipe: Recipe, data, run_dir: Path, log=print,
           on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None, resume_from: Path | None = None,
-          stop: StopRequest | None = None, on_facts: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+          stop: StopRequest | None = None, on_facts: Callable[[dict[str, Any]], None] | None = None,
+          remove_checkpoints: bool = True, hooks: LoopHooks | None = None) -> TrainResult:
     """Fine-tune the recipe's model on ``data`` and save it into ``run_dir``.
 
     ``resume_from``: a checkpoint folder (:mod:`tuneforge.core.engine.checkpoint`) to continue from exactly.
@@ -84,7 +88,10 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
     ``on_epoch_end(epoch, validation_metrics)`` (1-based epoch) runs after each validation; an exception it
     raises ends training there (``tuneforge search`` prunes trials this way). ``on_facts(facts)`` receives what the
     task measured before the first step (e.g. the base model's validation loss) as soon as it is known, so that
-    ``run.json`` holds it even if the run is killed."""
+    ``run.json`` holds it even if the run is killed. ``remove_checkpoints`` False: the checkpoints outlive the
+    saved model (``tuneforge train`` removes them once the test split is evaluated too, so that a run killed
+    in between can still be resumed). ``hooks``: an extension's changes to the start model, the batches and the
+    loss (:mod:`tuneforge.core.engine.hooks`; continual fine-tuning), default none."""
     config = recipe.train
     runtime = setup_runtime(config)
     dist = distributed()  # under `accelerate launch`: this process's rank; else a single process
@@ -93,7 +100,8 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
     # --- model, method, data -------------------------------------------------------------------------
     task = task_for(recipe.task)  # [task] what differs between classification, multilabel, images, language models
     loading = time.perf_counter()
-    tokenizer, model = task.load_model(recipe, data.label_names)  # [task] model + tokenizer / image processor
+    hooks = hooks or LoopHooks()  # [hooks] continual fine-tuning starts from a finished run's model instead
+    tokenizer, model = hooks.load_model(task, recipe, data.label_names)  # [task] model + tokenizer / image processor
     facts: dict[str, Any] = {"model_load_seconds": round(time.perf_counter() - loading, 2)}
     # [task] the untrained model measured before the method changes it (language models: base validation loss)
     if resume_from is None and dist.is_main:
@@ -107,6 +115,7 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(device)
+    hooks.model_ready(task, recipe, model, method, tokenizer, device, log)  # [hooks] continual ewc: Fisher information
     trainable, total = count_parameters(model)
     log(f"model {recipe.model}: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%) "
         f"with method '{recipe.method.name}'; device {device.type}, {runtime.precision_name}, {runtime.threads} threads")
@@ -141,9 +150,13 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
             f"{time.perf_counter() - started:.1f}s); training runs only the layers above")
 
     # --- optimisation --------------------------------------------------------------------------------
-    optimizer = build_optimizer(model, method.optimizer_parameters(model), config)
+    # DDP around the model, or FSDP2 shards in place of its weights: before the optimizer, which must own the shards
+    train_model = dist.wrap(model)
+    # [task] learning rates and weight decay (a task may default what the recipe leaves unset)
+    optimizer = build_optimizer(model, method.optimizer_parameters(model), task.optimizer_config(recipe))
     global_batch_size = config.batch_size * dist.world_size  # each process trains on its share of a batch
-    steps_per_epoch = math.ceil(task.batches_per_epoch(recipe, train_set, global_batch_size) / config.grad_accum_steps)
+    steps_per_epoch = math.ceil(hooks.batches_per_epoch(task, recipe, train_set, global_batch_size)
+                                / config.grad_accum_steps)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch * config.epochs)
     loss_fn, eval_loss_fn = task.loss_functions(recipe, data, device)  # [task] cross-entropy, or BCE (multilabel)
     # distill: the teacher's logits for the train split, computed once (or read from the cache), not every epoch;
@@ -154,6 +167,8 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
     batch_order = random.Random(config.seed)
 
     selection = task.model_selection(config.early_stopping)  # [task] the metric and patience of early stopping
+    # [task] what a model that learned nothing scores: every validation is compared with it (learning_guard)
+    no_learning = task.no_learning_baseline(recipe, data, facts)
     best_score, best_epoch, best_metrics, best_state = None, -1, {}, None
     epochs_without_improvement, stopped_early = 0, False
     metrics_path = run_dir / "metrics.jsonl"
@@ -163,15 +178,15 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
     out_of_time = False
 
     # --- fault tolerance and tracking: checkpoints, resume, non-finite losses, Ctrl-C, TensorBoard/MLflow -----
-    train_model = dist.wrap(model)  # DistributedDataParallel under `accelerate launch`, else the model itself
     metrics_log = MetricsLog(run_dir, config.report_to, params=config.model_dump(mode="json"), enabled=dist.is_main)
     if epoch_zero is not None:
         metrics_log.write({"step": 0, "epoch": 0, **epoch_zero})
-    checkpoints = Checkpointer(run_dir, config.keep_checkpoints, enabled=dist.is_main)
+    checkpoints = Checkpointer(run_dir, config.keep_checkpoints, enabled=dist.writes_checkpoints)
     bad_steps = BadStepGuard(config.max_bad_steps, log)
     stop = stop or StopRequest(log)
     position = LoopState()  # where the loop starts: the beginning, or a checkpoint's position
     if resume_from is not None:
+        dist.check_can_resume()
         restored = restore(resume_from, dict(method.optimizer_parameters(model)), optimizer, scheduler, scaler)
         position, best_state = restored.loop, restored.best_state
         best_score, best_epoch, best_metrics = position.best_score, position.best_epoch, position.best_metrics
@@ -202,7 +217,8 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
             batch_order.setstate(position.epoch_batch_order_state)
         epoch_order_state = batch_order.getstate()
         # [task] length-grouped (or shuffled) batches; multitask: each from one task, mixed by multitask.sampling
-        batches = task.training_batches(recipe, train_set, global_batch_size, batch_order)
+        # [hooks] continual replay: a share of every batch from the previous run's rows
+        batches = hooks.training_batches(task, recipe, train_set, global_batch_size, batch_order)
         batches, loss_weights = dist.shard(batches)  # this process's share of each batch (all of it, alone)
         first_batch = position.batches_done if resuming_this_epoch else 0
         progress = tqdm(batches[first_batch:], desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
@@ -222,6 +238,9 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
             with torch.autocast(device.type, dtype=runtime.autocast_dtype, enabled=runtime.autocast_dtype is not None):
                 logits = train_model(**inputs).logits
             loss = loss_fn(logits.float(), labels)
+            extra = hooks.extra_loss(model)  # [hooks] continual ewc: the penalty of moving the old task's weights
+            if extra is not None:
+                loss = loss + extra
             if distiller is not None:  # (1 - alpha) * CE + alpha * T^2 * KL(teacher || student)
                 loss = distiller.loss(logits.float(), loss, indices,
                                       teacher_inputs.to(device) if teacher_inputs is not None else None)
@@ -243,6 +262,7 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
                 take_optimizer_step(optimizer, scheduler, method, model, config.max_grad_norm, optimizer_step + 1,
                                     steps_per_epoch * config.epochs, scaler)
                 optimizer_step += 1
+                fault_point("train-step")  # TUNEFORGE_FAULT: the reliability tests' kill -9 (docs/reliability.md)
                 if deadline is not None and time.perf_counter() > deadline:
                     out_of_time = True
 
@@ -271,6 +291,7 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
         train_seconds = time.perf_counter() - epoch_start
 
         # --- validation, early stopping ---------------------------------------------------------------
+        fault_point("validation")
         metrics = task.validation_metrics(  # [task] softmax metrics, or sigmoid ones (multilabel)
             model, validation_set, data.label_names, eval_batch_size, pad_id, device, eval_loss_fn,
             runtime.autocast_dtype,
@@ -283,6 +304,9 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
         metrics_log.write(record)
         log(f"epoch {epoch + 1}/{config.epochs}: {task.describe_metrics(metrics)} "  # [task] its headline metrics
             f"({train_seconds:.0f}s, {record['samples_per_s']:.1f} samples/s)")
+        verdict = judge_learning(metrics, no_learning, task.learning_signals)
+        if not verdict.learned:
+            log(f"warning: epoch {epoch + 1}: {verdict.line()}")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
 
@@ -311,6 +335,8 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
     metrics_log.close()
     cache_context.close()  # the model computes its full forward again from here on
     keep_best_epoch(model, best_state, config.gradient_checkpointing)
+    facts["learning"] = judge_learning(best_metrics, no_learning, task.learning_signals).as_facts(task.learning_fixes)
+    model = dist.unsharded(model)  # FSDP: the processes send their shards, rank 0 gets the whole model
     dist.wait()
     if not dist.is_main:  # rank 0 saves; the other processes' weights are the same
         return TrainResult(model=model, tokenizer=tokenizer, runtime=runtime, best_epoch=best_epoch,
@@ -318,7 +344,8 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
                            stopped_early=stopped_early, facts=facts)
     # [task] save through the method and pass the integrity gate (the run read back must answer as trained)
     saved = task.save(recipe, method, model, tokenizer, run_dir, validation_set, pad_id, device)
-    checkpoints.remove_all(log)
+    if remove_checkpoints:  # else the caller removes them once everything after training is done too
+        checkpoints.remove_all(log)
     return TrainResult(model=saved, tokenizer=tokenizer, runtime=runtime, best_epoch=best_epoch,
                        best_metrics=best_metrics, trainable_params=trainable, total_params=total,
                        stopped_early=stopped_early, facts=facts)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.base.errors import UserError
-from tuneforge.base.runfolder import new_run_dir
+from tuneforge.base.runfolder import is_completed, new_run_dir
 from tuneforge.core.engine.distributed import Distributed
 
 
@@ -31,7 +31,7 @@ def check_resumable(run_dir: str | Path, recipe_path: str | None, overrides: lis
         raise UserError(f"{run_dir}: not a tuneforge run folder (no config.yaml); give the folder `tuneforge train` "
                         "printed as 'run folder: ...'")
     status = _read_status(run_dir).get("status")
-    if status == "completed":
+    if is_completed(status):
         raise UserError(f"{run_dir}: this run completed; there is nothing to resume (start a new run instead)")
     if not os.access(run_dir, os.W_OK):
         raise UserError(f"{run_dir}: is not writable; a resumed run writes its checkpoints and model there")

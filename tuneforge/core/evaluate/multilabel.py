@@ -6,6 +6,7 @@ Takes label names, gold multi-hot rows and per-label probabilities (sigmoids); k
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,32 +48,81 @@ def multilabel_metrics(gold: np.ndarray, probabilities: np.ndarray, label_names:
     return metrics
 
 
-def tune_thresholds(gold: np.ndarray, probabilities: np.ndarray, mode: str | float) -> np.ndarray:
-    """One threshold per label. ``per_label``: each label's own F1-best threshold on these rows (0.5 for a label
-    without positives here); ``global``: the one threshold with the best micro F1; a number: that number."""
+# A tuned threshold must beat predicting the label always (or never) by this much F1, else the label keeps 0.5.
+DEGENERATE_MARGIN = 0.01
+FALLBACK_THRESHOLD = 0.5
+
+
+@dataclass
+class ThresholdChoice:
+    """Tuned thresholds, and the labels whose best threshold was no better than deciding "always" or "never"
+    (they keep :data:`FALLBACK_THRESHOLD`): ``{"label", "support", "rows", "best_f1", "always_f1", "reason"}``."""
+
+    thresholds: np.ndarray
+    flagged: list[dict[str, Any]] = field(default_factory=list)
+
+
+def always_f1(positives: int, rows: int) -> float:
+    """F1 of predicting a label for every row (precision = its share, recall 1); "never" scores 0."""
+    return 2 * positives / (rows + positives) if rows else 0.0
+
+
+def choose_thresholds(gold: np.ndarray, probabilities: np.ndarray, mode: str | float,
+                      label_names: list[str]) -> ThresholdChoice:
+    """One threshold per label. ``per_label``: each label's own F1-best threshold on these rows; ``global``: the one
+    threshold with the best micro F1; a number: that number.
+
+    A tuned threshold that is no better (within :data:`DEGENERATE_MARGIN` F1) than "always" or "never" — or that
+    decides every row the same way — is degenerate: that label keeps 0.5 and is flagged with its support (a model
+    that learned nothing otherwise gets thresholds that predict every label for every row)."""
     gold = np.asarray(gold, dtype=np.int64)
-    labels = gold.shape[1]
+    rows, labels = gold.shape
     if not isinstance(mode, str):
-        return np.full(labels, float(mode))
+        return ThresholdChoice(np.full(labels, float(mode)))
     if mode == "global":
         scores = [f1_score(gold, decide(probabilities, t), average="micro", zero_division=0) for t in THRESHOLD_GRID]
-        return np.full(labels, float(THRESHOLD_GRID[int(np.argmax(scores))]))
-    thresholds = np.full(labels, 0.5)
+        best = int(np.argmax(scores))
+        baseline = always_f1(int(gold.sum()), gold.size)
+        predicted = int(decide(probabilities, THRESHOLD_GRID[best]).sum())
+        if scores[best] <= baseline + DEGENERATE_MARGIN or predicted in (0, gold.size):
+            return ThresholdChoice(np.full(labels, FALLBACK_THRESHOLD), [
+                {"label": "(all labels)", "support": int(gold.sum()), "rows": rows, "best_f1": float(scores[best]),
+                 "always_f1": baseline, "reason": "the best global threshold is no better than always or never"}])
+        return ThresholdChoice(np.full(labels, float(THRESHOLD_GRID[best])))
+    choice = ThresholdChoice(np.full(labels, FALLBACK_THRESHOLD))
     for k in range(labels):
-        if gold[:, k].sum() == 0:
+        support = int(gold[:, k].sum())
+        if support == 0:
+            choice.flagged.append({"label": label_names[k], "support": 0, "rows": rows, "best_f1": None,
+                                   "always_f1": 0.0, "reason": "no positive validation row"})
             continue
         predicted = probabilities[:, k][None, :] >= THRESHOLD_GRID[:, None]       # grid x rows
         true_positive = (predicted & (gold[:, k] == 1)[None, :]).sum(axis=1)
-        f1 = 2 * true_positive / np.maximum(predicted.sum(axis=1) + gold[:, k].sum(), 1)
-        thresholds[k] = float(THRESHOLD_GRID[int(np.argmax(f1))])  # first best = lowest threshold on ties
-    return thresholds
+        f1 = 2 * true_positive / np.maximum(predicted.sum(axis=1) + support, 1)
+        best = int(np.argmax(f1))  # first best = lowest threshold on ties
+        baseline = always_f1(support, rows)
+        if f1[best] <= baseline + DEGENERATE_MARGIN or predicted[best].sum() in (0, rows):
+            choice.flagged.append({"label": label_names[k], "support": support, "rows": rows,
+                                   "best_f1": float(f1[best]), "always_f1": baseline,
+                                   "reason": "the best threshold is no better than always or never"})
+            continue
+        choice.thresholds[k] = float(THRESHOLD_GRID[best])
+    return choice
+
+
+def tune_thresholds(gold: np.ndarray, probabilities: np.ndarray, mode: str | float) -> np.ndarray:
+    """The thresholds of :func:`choose_thresholds` (degenerate labels at 0.5), without the flags."""
+    names = [str(k) for k in range(np.asarray(gold).shape[1])]
+    return choose_thresholds(gold, probabilities, mode, names).thresholds
 
 
 def save_thresholds(path: Path, label_names: list[str], thresholds: np.ndarray, mode: str | float,
-                    tuned_on: str) -> None:
-    """``thresholds.json`` of a run: what predict, eval and serve decide with."""
+                    tuned_on: str, flagged: list[dict[str, Any]] | None = None) -> None:
+    """``thresholds.json`` of a run: what predict, eval and serve decide with; ``flagged``: the labels whose tuned
+    threshold was degenerate (they keep 0.5), each with its validation support."""
     path.write_text(json.dumps({"mode": mode, "tuned_on": tuned_on,
-                                "thresholds": {name: float(t) for name, t in zip(label_names, thresholds)}},
+                                "thresholds": {name: float(t) for name, t in zip(label_names, thresholds)},
+                                "flagged": list(flagged or [])},
                                indent=1, ensure_ascii=False), encoding="utf-8")
 
 

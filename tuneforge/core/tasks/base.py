@@ -22,8 +22,10 @@ from torch import nn
 
 from tuneforge.base.errors import UserError
 from tuneforge.base.integrity import save_and_gate
-from tuneforge.base.recipe import EarlyStoppingConfig, Recipe
+from tuneforge.base.recipe import EarlyStoppingConfig, Recipe, TrainConfig
 from tuneforge.core.data.batching import iterate_batches, length_grouped_batches, shuffled_batches
+from tuneforge.core.evaluate.learning_guard import LearningSignal
+from tuneforge.core.evaluate.metrics import classification_metrics
 from tuneforge.core.methods import Method, method_spec
 from tuneforge.core.methods.layout import load_plain_model
 
@@ -54,6 +56,8 @@ class Task:
     supports_activation_cache: ClassVar[bool] = True
     # distill: a teacher's logits over this task's labels (classification-style tasks).
     supports_distillation: ClassVar[bool] = True
+    # continual (`tuneforge train --from RUN_DIR`): start from a finished run, grow its head, replay, EWC.
+    supports_continual: ClassVar[bool] = False
     # The methods this task is checked with (None: every registered method).
     methods: ClassVar[tuple[str, ...] | None] = None
     # `tuneforge generate`: whether a run of this task writes text.
@@ -69,6 +73,15 @@ class Task:
     # recipe keeps no best epoch by its own early-stopping metric.
     supports_search: ClassVar[bool] = False
     search_metric: ClassVar[str] = "f1_macro"
+    # The learning guard (tuneforge.core.evaluate.learning_guard): the validation metrics that show learning, compared
+    # after every validation with :meth:`no_learning_baseline`; and what to try when a run did not learn.
+    learning_signals: ClassVar[tuple[LearningSignal, ...]] = (
+        LearningSignal("roc_auc"), LearningSignal("accuracy"), LearningSignal("f1_macro"))
+    learning_fixes: ClassVar[tuple[str, ...]] = (
+        "check that the labels belong to the texts (data inspect; a shuffled label column learns nothing)",
+        "train longer (train.epochs) or with a larger train.learning_rate; a frozen body (method freeze, lora) "
+        "usually needs 10x the full fine-tuning rate",
+        "rare classes: train.class_weights: balanced")
 
     def check_recipe(self, recipe: Recipe) -> None:
         """Raise UserError when the recipe asks for something this task does not support (before any data is read)."""
@@ -77,6 +90,9 @@ class Task:
                             f"choose one of {', '.join(self.methods)}")
         if recipe.distill is not None and not self.supports_distillation:
             raise UserError(f"distill: not supported yet for task {recipe.task}; remove the distill section")
+        if getattr(recipe, "continual", None) is not None and not self.supports_continual:
+            raise UserError(f"continual (--from): not supported yet for task {recipe.task}; remove the continual "
+                            "section")
 
     def load_data(self, recipe: Recipe):
         """Read and check every split of the recipe's data (no model weights loaded)."""
@@ -114,6 +130,20 @@ class Task:
         """Work on the untrained model, before the method changes it (generative tasks measure the base model);
         returns facts for ``run.json``. Default: nothing."""
         return {}
+
+    def no_learning_baseline(self, recipe: Recipe, data, facts: dict[str, Any]) -> dict[str, Any]:
+        """The validation metrics of a model that learned nothing: here the training labels' class shares
+        predicted for every validation row (accuracy of the majority class, ROC-AUC 0.5). ``facts``: what
+        :meth:`before_training` measured."""
+        prior = np.bincount(np.asarray(data.train.labels, dtype=np.int64), minlength=len(data.label_names))
+        gold = np.asarray(data.validation.labels, dtype=np.int64)
+        probabilities = np.tile(prior / max(prior.sum(), 1), (len(gold), 1))
+        return classification_metrics(gold, probabilities, data.label_names, per_class=False)
+
+    def optimizer_config(self, recipe: Recipe) -> TrainConfig:
+        """The ``train`` settings the optimizer is built from (learning rates, weight decay). Default: the
+        recipe's; a task may fill in its own defaults for what the recipe leaves unset."""
+        return recipe.train
 
     def encoded_facts(self, recipe: Recipe, encoded: dict[str, Any], log) -> dict[str, Any]:
         """Facts about the encoded splits for ``run.json`` (e.g. truncation); may raise UserError when nothing

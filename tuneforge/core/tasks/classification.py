@@ -69,6 +69,7 @@ class ClassificationTask(Task):
     name = "classification"
     export_formats = ("onnx", "torchscript", "safetensors")
     supports_search = True
+    supports_continual = True
 
     def load_data(self, recipe: Recipe):
         return load_classification_data(recipe.data, recipe.train.seed, model=recipe.model)

@@ -36,6 +36,7 @@ from tuneforge.core.data.generative import (IGNORE_INDEX, EncodedExamples, Gener
                                             encode_causal_blocks, encode_masked, encode_sft, load_generative_data,
                                             pack)
 from tuneforge.core.evaluate.generation import evaluate_generations, generation_scores
+from tuneforge.core.evaluate.learning_guard import LearningSignal
 from tuneforge.core.methods import Method
 from tuneforge.core.methods.layout import has_plain_model
 from tuneforge.core.tasks.base import ModelSelection, Task
@@ -214,6 +215,11 @@ class LanguageModelTask(Task):
     export_formats = ("safetensors",)
     summary_keys = ("loss", "perplexity", "exact_match", "rouge_l")
     main_metric = "loss"
+    learning_signals = (LearningSignal("loss", higher_is_better=False),)
+    learning_fixes = (
+        "a larger train.learning_rate (LoRA and prompt methods often need 1e-4 to 1e-3) or more train.epochs",
+        "check that the targets are the text to learn (sft: the assistant turns; data inspect)",
+        "a loss that starts low may already be the base model's best: compare with generation.evaluate_base")
     generates_text = True
     supports_search = True
     search_metric = "loss"
@@ -277,6 +283,11 @@ class LanguageModelTask(Task):
             evaluate_generations(model, tokenizer, recipe, data.test.conversations, device, run_dir / "eval" / "base",
                                  log, "base model, test")
         return {"base_validation": base, "epoch_zero": {f"validation_{k}": v for k, v in base.items()}}
+
+    def no_learning_baseline(self, recipe: Recipe, data, facts: dict[str, Any]) -> dict[str, Any]:
+        """The untrained model's validation loss (``generation.evaluate_base``; none when it was not measured, as
+        in a resumed run: the guard then does not judge)."""
+        return dict(facts.get("base_validation") or {})
 
     def encoded_facts(self, recipe: Recipe, encoded: dict[str, Any], log) -> dict[str, Any]:
         counts = data_counts(recipe, encoded)

@@ -180,6 +180,7 @@ class ImageClassificationTask(ClassificationTask):
     export_formats = ()
     supports_search = False
     supports_activation_cache = False
+    supports_continual = False  # continual fine-tuning reads text rows (replay, forgetting)
 
     def load_data(self, recipe: Recipe):
         return load_image_data(recipe.data, recipe.train.seed)

@@ -20,25 +20,72 @@ from torch import nn
 from tuneforge.base.recipe import Recipe
 from tuneforge.base.errors import UserError
 from tuneforge.core.tasks.base import Task
+from tuneforge.core.evaluate.learning_guard import LearningSignal
 from tuneforge.core.data.multilabel import load_multilabel_data, read_multilabel_split
 from tuneforge.core.tasks.classification import load_classifier
 from tuneforge.core.data.encode_cache import encode_split_cached
-from tuneforge.core.evaluate.multilabel import load_thresholds, multilabel_metrics, save_thresholds, tune_thresholds, write_multilabel_evaluation
+from tuneforge.core.evaluate.multilabel import (choose_thresholds, load_thresholds, multilabel_metrics, save_thresholds,
+                                                write_multilabel_evaluation)
 from tuneforge.core.evaluate.inference import predict_probabilities
 from tuneforge.core.data.batching import EncodedSplit, encode_split
 from tuneforge.base.tables import SOURCE_ROW, read_table, write_table
 from tuneforge.core.tasks.predictor import Predictor
 
 
-class MultiLabelLoss(nn.Module):
-    """Binary cross-entropy on logits against multi-hot labels (given as integers by the batcher)."""
+# Focal loss (Lin et al., 2017): the weight (1 - p_t)^gamma of each term.
+FOCAL_GAMMA = 2.0
+# Asymmetric loss (Ridnik et al., 2021, the paper's multi-label defaults): negatives weighted by p_m^4 with
+# p_m = max(p - 0.05, 0), positives unweighted, so the many easy negatives of sparse labels stop dominating.
+ASYMMETRIC_GAMMA_NEGATIVE, ASYMMETRIC_GAMMA_POSITIVE, ASYMMETRIC_CLIP = 4.0, 0.0, 0.05
 
-    def __init__(self, pos_weight: torch.Tensor | None = None) -> None:
+
+class MultiLabelLoss(nn.Module):
+    """Per-label loss on logits against multi-hot labels (given as integers by the batcher), averaged over every
+    (row, label): ``bce`` (binary cross-entropy), ``focal`` or ``asymmetric`` (``multilabel.loss``);
+    ``pos_weight`` multiplies each label's positive term."""
+
+    def __init__(self, pos_weight: torch.Tensor | None = None, kind: str = "bce") -> None:
         super().__init__()
+        self.kind = kind
         self.bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        self.register_buffer("pos_weight", pos_weight, persistent=False)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.bce(logits, labels.float())
+        targets = labels.float()
+        if self.kind == "bce":
+            return self.bce(logits, targets)
+        probability = torch.sigmoid(logits)
+        log_positive = nn.functional.logsigmoid(logits)
+        if self.kind == "focal":
+            gamma_positive = gamma_negative = FOCAL_GAMMA
+            negative_probability, log_negative = probability, nn.functional.logsigmoid(-logits)
+        else:
+            gamma_positive, gamma_negative = ASYMMETRIC_GAMMA_POSITIVE, ASYMMETRIC_GAMMA_NEGATIVE
+            negative_probability = (probability - ASYMMETRIC_CLIP).clamp(min=0)
+            log_negative = torch.log((1 - negative_probability).clamp(min=1e-8))
+        positive = (1 - probability) ** gamma_positive * log_positive
+        if self.pos_weight is not None:
+            positive = positive * self.pos_weight
+        negative = negative_probability ** gamma_negative * log_negative
+        return -(targets * positive + (1 - targets) * negative).mean()
+
+
+def prior_log_odds(multi_hot: np.ndarray) -> np.ndarray:
+    """Each label's log prior odds in ``multi_hot`` (rows x labels), with the Jeffreys estimate
+    p = (positives + 0.5) / (rows + 1), so that a label never or always on gets a finite bias."""
+    multi_hot = np.asarray(multi_hot, dtype=np.float64)
+    prior = (multi_hot.sum(axis=0) + 0.5) / (len(multi_hot) + 1)
+    return np.log(prior / (1 - prior))
+
+
+def output_layer(model: nn.Module, num_labels: int) -> nn.Linear:
+    """The linear layer that writes the ``num_labels`` logits (the last one of that width, e.g. BERT's
+    ``classifier``, RoBERTa's ``classifier.out_proj``)."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_labels]
+    if not layers or layers[-1].bias is None:
+        raise UserError(f"multilabel.init_bias: prior: no output layer with a bias and {num_labels} outputs in "
+                        f"{type(model).__name__}; set multilabel.init_bias: zero")
+    return layers[-1]
 
 
 def balanced_pos_weight(multi_hot: np.ndarray) -> torch.Tensor:
@@ -51,6 +98,13 @@ def balanced_pos_weight(multi_hot: np.ndarray) -> torch.Tensor:
 
 class MultiLabelTask(Task):
     name = "multilabel"
+    learning_signals = (LearningSignal("roc_auc"), LearningSignal("f1_micro"), LearningSignal("f1_macro"))
+    learning_fixes = (
+        "keep multilabel.init_bias: prior (the default): a zero output bias makes full fine-tuning collapse to "
+        "the base rates",
+        "a higher head learning rate (multilabel.head_learning_rate) or train.learning_rate",
+        "sparse labels: multilabel.pos_weight: balanced or multilabel.loss: asymmetric",
+        "check that the labels belong to the texts (a shuffled label column learns nothing)")
 
     def load_data(self, recipe: Recipe):
         if recipe.train.class_weights != "none":
@@ -69,12 +123,46 @@ class MultiLabelTask(Task):
         model.config.problem_type = "multi_label_classification"
         return tokenizer, model
 
+    def before_training(self, recipe: Recipe, data, model, tokenizer, device, autocast_dtype, run_dir: Path,
+                        log) -> dict[str, Any]:
+        """``multilabel.init_bias: prior``: the output bias starts at each label's log prior odds in train.
+
+        Why: a fresh head outputs logits near 0 (probability 0.5 for every label) while most labels are on for
+        a few percent of the rows. At a body learning rate such as 5e-5 the bias moves ~5e-5 per step and
+        cannot reach log odds near -3.5 within a run, so the body learns to push every logit down instead —
+        its features collapse to one constant and the model predicts the base rates (docs/tasks.md)."""
+        if recipe.multilabel.init_bias != "prior":
+            return {}
+        bias = prior_log_odds(data.train.labels)
+        with torch.no_grad():
+            layer = output_layer(model, len(data.label_names))
+            layer.bias.copy_(torch.as_tensor(bias, dtype=layer.bias.dtype))
+        log(f"output bias set to each label's log prior odds in train ({bias.min():.2f} .. {bias.max():.2f})")
+        return {}
+
+    def no_learning_baseline(self, recipe: Recipe, data, facts: dict[str, Any]) -> dict[str, Any]:
+        """Each label's base rate in train predicted for every validation row (at threshold 0.5, as the epochs'
+        validation metrics are): ROC-AUC 0.5, F1 of the labels on for more than half of the rows."""
+        prior = np.asarray(data.train.labels, dtype=np.float64).mean(axis=0)
+        gold = np.asarray(data.validation.labels, dtype=np.int64)
+        return multilabel_metrics(gold, np.tile(prior, (len(gold), 1)), data.label_names, 0.5, per_label=False)
+
+    def optimizer_config(self, recipe: Recipe):
+        """``multilabel.head_learning_rate`` (never below ``train.learning_rate``) stands in for an unset
+        ``train.head_learning_rate``: the output layer of 28 sparse labels learns too slowly at a body's rate."""
+        train, default = recipe.train, recipe.multilabel.head_learning_rate
+        if train.head_learning_rate is None and default is not None:
+            return train.model_copy(update={"head_learning_rate": max(default, train.learning_rate)})
+        return train
+
     def encode(self, preprocessor, split, recipe: Recipe, training: bool):
         return encode_split_cached(preprocessor, split, recipe.data.max_length)
 
     def loss_functions(self, recipe: Recipe, data, device: torch.device) -> tuple[nn.Module, nn.Module]:
         weight = balanced_pos_weight(data.train.labels) if recipe.multilabel.pos_weight == "balanced" else None
-        return MultiLabelLoss(weight.to(device) if weight is not None else None), MultiLabelLoss()
+        # Validation loss: plain BCE whatever the training loss, so that runs compare.
+        return (MultiLabelLoss(weight.to(device) if weight is not None else None, recipe.multilabel.loss),
+                MultiLabelLoss())
 
     def validation_metrics(self, model, encoded, label_names, batch_size, pad_id, device, loss_fn, autocast_dtype,
                            before_batch=None) -> dict[str, Any]:
@@ -97,8 +185,14 @@ class MultiLabelTask(Task):
 
         mode = recipe.multilabel.thresholds
         gold_validation = np.array(data.validation.labels)
-        thresholds = tune_thresholds(gold_validation, probabilities_of(data.validation), mode)
-        save_thresholds(run_dir / "thresholds.json", data.label_names, thresholds, mode, "validation")
+        choice = choose_thresholds(gold_validation, probabilities_of(data.validation), mode, data.label_names)
+        thresholds = choice.thresholds
+        save_thresholds(run_dir / "thresholds.json", data.label_names, thresholds, mode, "validation", choice.flagged)
+        if choice.flagged:
+            log(f"warning: {len(choice.flagged)} label(s) keep threshold 0.5: their best validation threshold is no "
+                "better than predicting them always or never: " + ", ".join(
+                    f"{f['label']} (support {f['support']})" for f in choice.flagged[:8])
+                + (" ..." if len(choice.flagged) > 8 else "") + f" (see {run_dir / 'thresholds.json'})")
         log(f"thresholds ({mode}): " + ", ".join(f"{n} {t:.2f}" for n, t in list(zip(data.label_names, thresholds))[:8])
             + (" ..." if len(thresholds) > 8 else "") + f" -> {run_dir / 'thresholds.json'}")
         summary: dict[str, Any] = {}

@@ -27,7 +27,7 @@ from tuneforge.core.data.multitask import (MultiTaskEncoded, MultiTaskSplit, epo
 from tuneforge.base.errors import UserError
 from tuneforge.core.tasks.base import Task
 from tuneforge.core.tasks.multitask_model import HeadSpec, MultiTaskModel, load_multitask_model
-from tuneforge.core.tasks.multilabel import MultiLabelLoss
+from tuneforge.core.tasks.multilabel import MultiLabelLoss, prior_log_odds
 from tuneforge.core.evaluate import classification_metrics, write_evaluation
 from tuneforge.core.evaluate.multilabel import multilabel_metrics, write_multilabel_evaluation
 from tuneforge.base.models import load_tokenizer, resolve_model
@@ -178,6 +178,32 @@ class MultiTaskTask(Task):
 
     def batches_per_epoch(self, recipe: Recipe, encoded: MultiTaskEncoded, batch_size: int) -> int:
         return sum(task_batch_counts([len(part) for part in encoded.parts], batch_size))
+
+    def before_training(self, recipe: Recipe, data, model, tokenizer, device, autocast_dtype, run_dir: Path,
+                        log) -> dict[str, Any]:
+        """Each multi-label head's bias starts at its labels' log prior odds in train, as a ``task: multilabel``
+        model's does by default (why: :meth:`MultiLabelTask.before_training`)."""
+        for index, (head, part) in enumerate(zip(head_specs(recipe, data.label_names), data.train.parts)):
+            if head.type == "multi_label" and part is not None:
+                bias = model.heads[str(index)].classifier.bias
+                with torch.no_grad():
+                    bias.copy_(torch.as_tensor(prior_log_odds(part.labels), dtype=bias.dtype))
+        return {}
+
+    def no_learning_baseline(self, recipe: Recipe, data, facts: dict[str, Any]) -> dict[str, Any]:
+        """Every task's training-label priors predicted for each of its validation rows (its own metrics), then
+        the means over tasks, as :meth:`validation_metrics` combines them."""
+        heads = head_specs(recipe, data.label_names)
+        per_task = {}
+        for head, train_part, validation_part in zip(heads, data.train.parts, data.validation.parts):
+            if train_part is None or validation_part is None:
+                continue
+            gold = np.asarray(validation_part.labels, dtype=np.int64)
+            train_labels = np.asarray(train_part.labels, dtype=np.int64)
+            prior = (train_labels.mean(axis=0) if head.type == "multi_label" else
+                     np.bincount(train_labels, minlength=len(head.labels)) / max(len(train_labels), 1))
+            per_task[head.name] = head_metrics(head, gold, np.tile(prior, (len(gold), 1)))
+        return combine_task_metrics(per_task, heads) if per_task else {}
 
     def loss_functions(self, recipe: Recipe, data, device: torch.device) -> tuple[nn.Module, nn.Module]:
         heads = head_specs(recipe, data.label_names)

@@ -14,6 +14,7 @@ from tuneforge.base.errors import UserError
 from tuneforge.core.evaluate.inference import predict_probabilities
 from tuneforge.core.methods import method_spec
 from tuneforge.base.runfolder import refuse_pickle_weights
+from tuneforge.base.tables import refuse_lone_surrogates
 
 
 class Predictor:
@@ -50,6 +51,7 @@ class Predictor:
 
     def probabilities(self, texts: list[str], text_pairs: list[str] | None = None) -> np.ndarray:
         """Softmax probabilities, one row per text, columns in ``label_names`` order."""
+        refuse_lone_surrogates([*texts, *(text_pairs or [])], "predict")
         encoded = self.tokenizer(texts, text_pairs, truncation=True, max_length=self.recipe.data.max_length,
                                  padding=False, return_attention_mask=False)
         split = EncodedSplit(input_ids=encoded["input_ids"], token_type_ids=encoded.get("token_type_ids"),
