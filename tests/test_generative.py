@@ -274,7 +274,9 @@ train: {{epochs: 1, batch_size: 16, num_threads: 1}}
 """, encoding="utf-8")
     code, _, err = run_cli("train", str(tmp_path / "cls.yaml"), "--output", str(tmp_path / "cls"))
     assert code == 0, err
-    assert json.loads((tmp_path / "cls" / "run.json").read_text())["status"] == "completed"
+    # What is checked here is that the masked-LM output loads and trains as a classifier's body; one epoch at the
+    # default learning rate teaches this tiny model nothing, which the learning guard rightly reports.
+    assert json.loads((tmp_path / "cls" / "run.json").read_text())["status"].startswith("completed")
 
 
 def test_gguf_conversion_is_cached_by_file_hash(tmp_path, monkeypatch, tiny_llama):
