@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import run_cli, synthetic_rows, write_jsonl
+from tuneforge.core.evaluate.calibration import read_temperature, softmax_with_temperature
 
 
 def test_train_writes_complete_run_folder_and_learns(tiny_job, tmp_path):
@@ -57,9 +59,12 @@ def test_train_writes_complete_run_folder_and_learns(tiny_job, tmp_path):
     from transformers import pipeline
 
     classifier = pipeline("text-classification", model=str(run / "model"), device="cpu")
-    answers = classifier([r["text"] for r in rows])
-    assert [a["label"] for a in answers] == list(predicted["predicted_label"])
-    assert [round(a["score"], 4) for a in answers] == pytest.approx(list(predicted["confidence"]), abs=1e-4)
+    answers = classifier([r["text"] for r in rows], top_k=None)
+    assert [a[0]["label"] for a in answers] == list(predicted["predicted_label"])
+    # predict reports softmax(logits / T) with the run's calibration (calibration.json); log p = logits + const
+    temperature = read_temperature(run) or 1.0
+    calibrated = [float(softmax_with_temperature(np.log([[s["score"] for s in a]]), temperature).max()) for a in answers]
+    assert calibrated == pytest.approx(list(predicted["confidence"]), abs=1e-4)
 
 
 def test_existing_run_is_never_overwritten(tiny_job, tmp_path):

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import run_cli
+from tuneforge.core.evaluate.calibration import read_temperature, softmax_with_temperature
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +49,10 @@ def test_pipeline_agrees_with_tuneforge_predict(sst2_run, tmp_path):
                            str(tmp_path / "out.csv"))
     assert code == 0, err
     ours = pd.read_csv(tmp_path / "out.csv")
-    theirs = pipeline("text-classification", model=str(sst2_run / "model"), device="cpu")(texts)
-    assert [t["label"] for t in theirs] == list(ours["predicted_label"])
-    assert [t["score"] for t in theirs] == pytest.approx(list(ours["confidence"]), abs=1e-4)
+    theirs = pipeline("text-classification", model=str(sst2_run / "model"), device="cpu")(texts, top_k=None)
+    assert [t[0]["label"] for t in theirs] == list(ours["predicted_label"])
+    # predict reports softmax(logits / T) with the run's calibration (calibration.json); log p = logits + const
+    temperature = read_temperature(sst2_run) or 1.0
+    calibrated = [float(softmax_with_temperature(np.log([[s["score"] for s in t]]), temperature).max()) for t in theirs]
+    assert calibrated == pytest.approx(list(ours["confidence"]), abs=1e-4)
     assert set(ours["predicted_label"]) <= {"negative", "positive"}

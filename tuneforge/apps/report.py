@@ -302,6 +302,9 @@ def render_run_report(run_dir: str | Path, top_errors: int = 20) -> str:
     forgetting = forgetting_section(run_dir)  # continual runs: the previous run's test before and after
     if forgetting is not None:
         sections.append(forgetting)
+    calibration = calibration_section(run_dir)  # train.calibrate: the reliability diagram, ECE before and after
+    if calibration is not None:
+        sections.append(calibration)
 
     # per class
     per_class = (eval_metrics or {}).get("per_class") or {}
@@ -385,6 +388,66 @@ def forgetting_section(run_dir: Path) -> str | None:
                     numeric={1, 2, 3, 4})
             + f'<p class="muted">{esc(record.get("note", ""))}</p>')
     return section("forgetting", "Forgetting", body)
+
+
+def reliability_png(record: dict[str, Any], split: str) -> bytes:
+    """Two reliability diagrams of ``split`` (before and after temperature scaling): per confidence bin, the
+    accuracy as a bar against the diagonal of perfect calibration, and the bin's row count."""
+    plt = agg_pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    for axis, when, title in ((axes[0], "before", "before (plain softmax)"),
+                              (axes[1], "after", f"after (T = {record['temperature']:.3f})")):
+        bins = record[split][f"bins_{when}"]
+        width = bins[0]["upper"] - bins[0]["lower"]
+        filled = [b for b in bins if b["count"]]
+        centres = [b["lower"] + width / 2 for b in filled]
+        axis.bar([b["lower"] for b in filled], [b["accuracy"] for b in filled], width=width, align="edge",
+                 color="#1f77b4", edgecolor="#1f3a5f", alpha=0.85, label="accuracy")
+        axis.vlines(centres, [b["accuracy"] for b in filled], [b["mean_confidence"] for b in filled],
+                    color="#d62728", linewidth=2)  # the gap that ECE weighs by the bin's share of rows
+        axis.scatter(centres, [b["mean_confidence"] for b in filled], marker="_", s=180, linewidths=2.5,
+                     color="#d62728", zorder=3, label="mean confidence (red line: the gap)")
+        axis.plot([0, 1], [0, 1], color="#444", linestyle="--", linewidth=1, label="perfect calibration")
+        for b in filled:
+            axis.text(b["lower"] + width / 2, 0.02, str(b["count"]), ha="center", fontsize=7, rotation=90,
+                      color="white" if b["accuracy"] > 0.1 else "#333")
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.set_xlabel("confidence (highest probability)")
+        axis.set_title(f"{split} {title}: ECE {record[split][f'ece_{when}']:.4f}")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy in bin (row count at the bottom)")
+    axes[0].legend(fontsize=8, loc="upper left")
+    figure.tight_layout()
+    return figure_png(figure)
+
+
+def calibration_section(run_dir: Path) -> str | None:
+    """``calibration.json`` (``train.calibrate``) as a section: the temperature, ECE and NLL before and after per
+    split, and the reliability diagram of the test split (of validation when there is no test split)."""
+    record = _read_json(run_dir / "calibration.json")
+    if not isinstance(record, dict) or "temperature" not in record:
+        return None
+    rows = [[split, record[split].get("n_examples"), record[split].get("ece_before"), record[split].get("ece_after"),
+             record[split].get("nll_before"), record[split].get("nll_after")]
+            for split in ("validation", "test") if isinstance(record.get(split), dict)]
+    fitted = record.get("fitted", True)
+    body = (f"<p>Temperature scaling fitted on the validation split: confidences are softmax(logits / T) with "
+            f"<b>T = {record['temperature']:.4f}</b>; predict, eval and serve report them. The predicted labels do "
+            f"not change. ECE: {esc(record.get('ece_bins', '?'))} equal-width confidence bins.</p>"
+            if fitted else f'<p class="warn">Not fitted: {esc(record.get("reason"))}. Confidences are the plain '
+                           "softmax.</p>")
+    if fitted and record.get("reason"):
+        body += f'<p class="warn">{esc(record["reason"])}</p>'
+    body += table(["split", "rows", "ECE before", "ECE after", "NLL before", "NLL after"], rows,
+                  numeric={1, 2, 3, 4, 5})
+    shown = "test" if isinstance(record.get("test"), dict) else "validation"
+    if isinstance(record.get(shown), dict) and record[shown].get("bins_before"):
+        body += img(reliability_png(record, shown), f"reliability diagram ({shown})")
+        if shown == "validation":
+            body += ('<p class="muted">No test split: the diagram shows validation, where T was fitted, so the '
+                     '"after" side is optimistic.</p>')
+    return section("calibration", "Calibration", body)
 
 
 def write_run_report(run_dir: str | Path) -> Path:

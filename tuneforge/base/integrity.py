@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from contextlib import contextmanager
 from datetime import datetime
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ from torch import nn
 from tuneforge.base.errors import UserError
 from tuneforge.base.atomic import write_json_atomic
 from tuneforge.base.faults import fault_point
+from tuneforge.base.phases import add_phase
 
 ARTIFACTS_NAME = "artifacts.json"
 RESCUE_DIR = "rescue"
@@ -235,14 +237,18 @@ def save_and_gate(method, model: nn.Module, tokenizer, run_dir: Path, batch: dic
     :class:`IntegrityError` when either check fails.
     """
     run_dir = Path(run_dir)
+    started = time.perf_counter()  # run.json "phases": the writing is "saving", the checks "integrity_check"
     with torch.no_grad():
         before = outputs(model, batch)
     parameters = parameter_counts(model)  # before saving: a merge removes the adapter's parameters
+    saving = time.perf_counter()
     saved = method.save(model, run_dir)
     fault_point("model-save")  # TUNEFORGE_FAULT: the reliability tests' kill -9 (docs/reliability.md)
     tokenizer.save_pretrained(run_dir / "model")
     if after_save is not None:
         after_save()
+    saving = time.perf_counter() - saving
+    add_phase("saving", saving)
     with torch.no_grad():
         after = outputs(saved, batch)
     difference = float((before - after).abs().max()) if before.shape == after.shape else float("inf")
@@ -256,6 +262,7 @@ def save_and_gate(method, model: nn.Module, tokenizer, run_dir: Path, batch: dic
     entry, reloaded = check_saved_run(method, model, saved, parameters, run_dir, batch, labels, before,
                                       max_metric_drop, outputs=outputs, reload=reload, reloaded_with=reloaded_with,
                                       tolerance=tolerance, compared=compared)
+    add_phase("integrity_check", time.perf_counter() - started - saving)
     return SavedRun(saved=saved, reloaded=reloaded, entry=entry)
 
 

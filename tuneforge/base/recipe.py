@@ -169,6 +169,11 @@ class TrainConfig(StrictModel):
     fail_if_not_learning: bool = Field(
         False, description="Exit non-zero when the final model is no better than one that learned nothing "
                             "(run.json status 'completed: did not learn'; docs/tasks.md).")
+    calibrate: bool = Field(
+        True, description="Single-label classification (text, text pairs, images): after training, fit a "
+                          "temperature on the validation split (temperature scaling) so that confidences match "
+                          "accuracy; calibration.json, ECE before/after in the metrics; predict, eval and serve "
+                          "report calibrated confidences (docs/report.md). Other tasks: not done.")
     report_to: Literal["none", "tensorboard", "mlflow"] = Field(
         "none", description="Also log metrics.jsonl's metrics to TensorBoard (RUN/tensorboard) or MLflow "
                             "(a local file store, RUN/mlruns, unless MLFLOW_TRACKING_URI is set).")
@@ -203,8 +208,9 @@ class ContinualConfig(StrictModel):
     strategy: Literal["replay", "ewc", "none"] = Field(
         "replay", description="replay: mix old training rows into every batch; ewc: penalise moving the weights the "
                               "old task relied on (elastic weight consolidation); none: plain sequential training.")
-    replay: float = Field(0.2, gt=0, lt=1, description="strategy replay: share of each batch drawn from the old rows.")
-    previous_rows: int = Field(1000, ge=1, description="Size of the stratified sample of the old run's training rows "
+    replay: float = Field(0.5, gt=0, lt=1, description="strategy replay: share of each batch drawn from the old rows "
+                                                     "(0.5: measured on BANKING77, docs/continual.md).")
+    previous_rows: int = Field(5000, ge=1, description="Size of the stratified sample of the old run's training rows "
                                                        "that replay draws from and EWC's Fisher information is "
                                                        "computed on.")
     previous_data: Path | None = Field(None, description="The old training rows; default: the old run's train file "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from tuneforge import __version__
 from tuneforge.base.errors import UserError, disk_full, disk_full_message
@@ -27,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="load run/export files without checking their sha256 against artifacts.json "
                               "(docs/trust.md)")
 
+    def with_backend(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                         help="torch (default): the run's PyTorch model; onnx: ONNX Runtime on the run's export "
+                              "(RUN_DIR/export/onnx, made by `tuneforge export RUN_DIR --format onnx`; docs/speed.md)")
+
     train = commands.add_parser("train", help="validate, train, evaluate; write a run folder")
     with_overrides(train, recipe_optional=True)
     train.add_argument("--output", help="run folder (must not exist or be empty); default runs/<name>-<timestamp>/")
@@ -46,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a run on a labelled file; writes RUN/eval/<stem>/")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--data", required=True, help="labelled file with the run's text/label columns")
+    with_backend(evaluate)
     no_verify(evaluate)
 
     predict = commands.add_parser("predict", help="predict labels with a trained run")
@@ -55,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", help="CSV/TSV/JSON/JSONL/Parquet file with the run's text column")
     predict.add_argument("--output", help="where to write the rows plus predicted_label and confidence")
     predict.add_argument("--top", type=int, default=5, help="with --text: how many label probabilities to print")
+    with_backend(predict)
     no_verify(predict)
 
     generate = commands.add_parser("generate", help="generate text with a trained sft / causal-lm run "
@@ -164,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--methods", help="comma-separated methods to estimate (default: all)")
     plan.add_argument("--json", dest="json_output", metavar="FILE", help="also write the plan as JSON")
 
+    auto = commands.add_parser("auto", help="choose the method and settings within a time budget and train the "
+                                            "winner into a normal run folder (docs/auto.md)")
+    with_overrides(auto)
+    auto.add_argument("--minutes", type=float, required=True, help="the whole command's time, model loading included")
+    auto.add_argument("--memory-gb", type=float, help="memory available: methods that need more are left out")
+    auto.add_argument("--metric", help="validation metric to optimise (default: the task's, f1_macro)")
+    auto.add_argument("--output", help="the run folder (default runs/<name>-auto-<time>/); rerunning into the folder "
+                                       "of an interrupted auto continues its search")
+
     search = commands.add_parser("search", help="hyper-parameter search over recipe keys with Optuna (docs/search.md)")
     with_overrides(search)
     search.add_argument("--space", required=True, help="YAML file: dotted recipe key -> distribution "
@@ -217,15 +234,16 @@ def run_command(args: argparse.Namespace) -> int:
     """Call the function of :mod:`tuneforge.cli.commands` that ``args.command`` names, with its arguments."""
     # Imported here, not at the top: `tuneforge --help` and usage errors answer without loading torch,
     # transformers and every application (the commands module imports them all).
+    started = time.perf_counter()  # `auto --minutes` counts these imports too
     from tuneforge.cli import commands
 
     dispatch = {
         "train": lambda: commands.train_command(args.recipe, args.overrides, args.output, args.resume,
                                                 args.allow_pickle, args.from_run),
         "validate": lambda: commands.validate_command(args.recipe, args.overrides),
-        "eval": lambda: commands.eval_command(args.run_dir, args.data),
+        "eval": lambda: commands.eval_command(args.run_dir, args.data, args.backend),
         "predict": lambda: commands.predict_command(args.run_dir, args.text, args.text_pair, args.input, args.output,
-                                                    args.top),
+                                                    args.top, args.backend),
         "generate": lambda: commands.generate_command(args.run_dir, args.prompt, args.input, args.output,
                                                       args.max_new_tokens, args.temperature, args.top_p),
         "explain": lambda: commands.explain_command(args.run_dir, args.text, args.text_pair, args.label, args.input,
@@ -246,6 +264,8 @@ def run_command(args: argparse.Namespace) -> int:
                                                 args.max_batch, args.threads),
         "compare": lambda: commands.compare_command(args.recipe, args.methods, args.overrides, args.output,
                                                     args.budget_minutes, args.learning_rates),
+        "auto": lambda: commands.auto_command(args.recipe, args.overrides, args.minutes, args.memory_gb, args.metric,
+                                              args.output, started),
         "search": lambda: commands.search_command(args.recipe, args.space, args.trials, args.storage, args.jobs,
                                                   args.pruner, args.sampler, args.metric, args.study_name,
                                                   args.output, args.overrides, heartbeat_s=args.heartbeat),

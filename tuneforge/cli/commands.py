@@ -11,6 +11,11 @@ from pathlib import Path
 import torch
 
 from tuneforge import __version__
+from tuneforge.apps.auto.budget import Budget
+from tuneforge.apps.auto.finish import WeightAverage
+from tuneforge.apps.auto.session import plan_finish, prepare_auto
+from tuneforge.apps.auto.session import search as auto_search
+from tuneforge.apps.auto.writeup import write_up
 from tuneforge.apps.compare import compare, parse_methods, table_markdown
 from tuneforge.apps.datatools.clean import clean_file
 from tuneforge.apps.datatools.inspect import inspect_file, write_report
@@ -32,6 +37,7 @@ from tuneforge.base.errors import UserError, disk_full, disk_full_message
 from tuneforge.base.faults import fault_point
 from tuneforge.base.integrity import skip_verification  # noqa: F401 - cli/__init__ wraps commands in it
 from tuneforge.base.manifest import start_manifest
+from tuneforge.base.phases import PhaseClock, recording
 from tuneforge.base.models import describe_aliases
 from tuneforge.base.recipe import dump_recipe
 from tuneforge.base.runfolder import DID_NOT_LEARN, RunStatus
@@ -40,6 +46,7 @@ from tuneforge.core.engine.checkpoint import (StopRequest, TrainingInterrupted, 
                                               find_resumable, remove_checkpoints)
 from tuneforge.core.engine.continual import forgetting_lines, prepare_continual
 from tuneforge.core.engine.distributed import distributed
+from tuneforge.core.engine.hooks import LoopHooks
 from tuneforge.core.engine.loop import train
 from tuneforge.core.engine.resume import check_resumable, create_run_dir, resume_facts
 from tuneforge.core.engine.tracking import check_report_to
@@ -71,9 +78,13 @@ EXIT_DID_NOT_LEARN = 3
 
 
 def train_command(recipe_path: str | None, overrides: list[str], output: str | None, resume: str | None = None,
-                  allow_pickle: bool = False, from_run: str | None = None) -> int:
+                  allow_pickle: bool = False, from_run: str | None = None, run_folder: Path | None = None,
+                  hooks: LoopHooks | None = None) -> int:
+    """``tuneforge train``. ``run_folder``: a folder already created to train into (``tuneforge auto``: it holds
+    the search beside the run); ``hooks``: an extension's loop hooks (auto: the weight average)."""
 
     dist = distributed()  # several processes under `accelerate launch`; rank 0 alone writes the run folder
+    phases = PhaseClock()  # run.json "phases": where the command's time went (docs/speed.md)
     if resume is not None:
         recipe_path = str(check_resumable(resume, recipe_path, overrides, output))
     elif recipe_path is None:
@@ -97,10 +108,11 @@ def train_command(recipe_path: str | None, overrides: list[str], output: str | N
         run_dir = Path(resume)
         checkpoint, skipped = find_resumable(run_dir, log=log, allow_pickle=allow_pickle)
     else:
-        run_dir = create_run_dir(dist, output, recipe.name)
+        run_dir = run_folder if run_folder is not None else create_run_dir(dist, output, recipe.name)
+    hooks = continual if continual is not None else hooks
     if not dist.is_main:  # the other processes of a distributed launch only train
         with StopRequest(log).installed() as stop:
-            train(recipe, data, run_dir, log=lambda message: None, resume_from=checkpoint, stop=stop, hooks=continual)
+            train(recipe, data, run_dir, log=lambda message: None, resume_from=checkpoint, stop=stop, hooks=hooks)
         return 0
     log(f"run folder: {run_dir}")
     if resume is None:
@@ -117,9 +129,10 @@ def train_command(recipe_path: str | None, overrides: list[str], output: str | N
         status.update(continual=continual.facts())
     start_manifest(run_dir, recipe, recipe_path, overrides, resume=status.data if checkpoint is not None else None)
     try:
-        with StopRequest(log).installed() as stop:
+        phases.lap("setup")  # recipe, data reading and checks, run folder
+        with StopRequest(log).installed() as stop, recording(phases):
             result = train(recipe, data, run_dir, log=log, resume_from=checkpoint, stop=stop,
-                           on_facts=lambda facts: status.update(**facts), remove_checkpoints=False, hooks=continual)
+                           on_facts=lambda facts: status.update(**facts), remove_checkpoints=False, hooks=hooks)
         status.update(trainable_params=result.trainable_params, total_params=result.total_params,
                       trainable_share=result.trainable_params / result.total_params, best_epoch=result.best_epoch,
                       stopped_early=result.stopped_early, precision=result.runtime.precision_name,
@@ -127,7 +140,10 @@ def train_command(recipe_path: str | None, overrides: list[str], output: str | N
         summary = {"validation": result.best_metrics}
         fault_point("after-training")  # TUNEFORGE_FAULT: the reliability tests' kill -9 (docs/reliability.md)
         # [task] evaluate data.test into eval/test (multilabel first tunes its thresholds; sft also generates)
-        summary.update(task.after_training(recipe, data, result, run_dir, log))
+        with phases.timed("test_evaluation"):
+            summary.update(task.after_training(recipe, data, result, run_dir, log))
+        if "calibration" in summary:  # train.calibrate: the temperature and the ECE before/after (calibration.json)
+            status.update(calibration=summary.pop("calibration"))
         if "test" in summary:
             status.update(test={k: v for k, v in summary["test"].items() if k not in ("per_class", "thresholds")})
         forgetting = continual.measure_forgetting(result.model, result.tokenizer, result.runtime.device, run_dir,
@@ -161,7 +177,9 @@ def train_command(recipe_path: str | None, overrides: list[str], output: str | N
     learned = learning.get("learned", True)
     status.finish("completed" if learned else DID_NOT_LEARN)
     remove_checkpoints(run_dir, log)  # only now: a run killed before this point can still be resumed
-    write_report_quietly(run_dir)
+    with phases.timed("report"):
+        write_report_quietly(run_dir)
+    status.update(phases=phases.as_dict())
     print(f"\nrun {run_dir} finished in {status.data['minutes']:.1f} min")
     print("\n".join(task.summary_lines(summary, result.facts)))  # [task] its headline metrics
     for line in forgetting_lines(forgetting):
@@ -184,14 +202,15 @@ def write_report_quietly(run_dir: Path) -> None:
             f"run `tuneforge report {run_dir}` to retry")
 
 
-def eval_command(run_dir: str, data_file: str) -> int:
+def eval_command(run_dir: str, data_file: str, backend: str = "torch") -> int:
     """``tuneforge eval RUN_DIR FILE``: the run's model on a labelled file, into ``RUN_DIR/eval/<file stem>/``."""
     task = load_run_recipe(Path(run_dir)).task if Path(run_dir).is_dir() else "classification"
-    return task_for(task).eval_command(run_dir, data_file)  # [task] each task evaluates its own way
+    # [task] each task evaluates its own way; --backend onnx only where the task runs its ONNX export
+    return task_for(task).eval_command(run_dir, data_file, **backend_argument(task, backend))
 
 
 def predict_command(run_dir: str, text: str | None, text_pair: str | None, input_file: str | None,
-                    output_file: str | None, top: int) -> int:
+                    output_file: str | None, top: int, backend: str = "torch") -> int:
     """``tuneforge predict RUN_DIR``: one text (``--text``) or a file (``--input``/``--output``)."""
     if (text is None) == (input_file is None):
         raise UserError("predict: give either --text \"...\" or --input FILE --output FILE")
@@ -200,7 +219,18 @@ def predict_command(run_dir: str, text: str | None, text_pair: str | None, input
     if output_file is not None and Path(output_file).exists():
         raise UserError(f"{output_file}: already exists; predict never overwrites a file, choose another --output")
     task = load_run_recipe(Path(run_dir)).task if Path(run_dir).is_dir() else "classification"
-    return task_for(task).predict_command(run_dir, text, text_pair, input_file, output_file, top)  # [task]
+    return task_for(task).predict_command(run_dir, text, text_pair, input_file, output_file, top,  # [task]
+                                          **backend_argument(task, backend))
+
+
+def backend_argument(task: str, backend: str) -> dict[str, str]:
+    """``--backend`` for a task's predict/eval: nothing for the default (every task runs PyTorch), else the
+    keyword argument, or "not supported yet" for a task that does not list the backend."""
+    if backend == "torch":
+        return {}
+    if backend not in task_for(task).inference_backends:
+        raise UserError(f"--backend {backend}: not supported yet for task {task} runs; use --backend torch")
+    return {"backend": backend}
 
 
 def explain_command(run_dir: str, text: str | None, text_pair: str | None, label: str | None,
@@ -360,6 +390,30 @@ def search_command(recipe_path: str, space_path: str, trials: int, storage: str 
     for note in summary.notes:
         print(f"  note: {note}")
     return 0
+
+
+def auto_command(recipe_path: str, overrides: list[str], minutes: float, memory_gb: float | None,
+                 metric: str | None, output: str | None, started: float | None = None) -> int:
+    """``tuneforge auto``: data facts, plan, budgeted search, then the winner trained by ``train`` into the folder.
+    ``started``: the ``perf_counter()`` the budget counts from (default now)."""
+    budget = Budget(minutes, started)
+    session = prepare_auto(recipe_path, overrides, minutes, memory_gb, metric, output, budget, log)
+    auto_search(session, log)
+    finish = plan_finish(session)
+    session.save("finishing")
+    soup = WeightAverage(session.metric)
+    log(f"finish: {finish.mode}; {finish.epochs} epoch(s), at most {finish.train_minutes:.2f} min of training")
+    code = 1
+    try:
+        with budget.phase("finish"):
+            code = train_command(str(session.recipe_file), finish.overrides, None, run_folder=session.folder,
+                                 hooks=soup)
+    finally:
+        with budget.phase("write-up"):
+            state = write_up(session, finish, soup.outcome, code)
+    print(f"auto: {len(state['trials'])} trial(s), {state['total_s'] / 60:.2f} of {minutes:g} min; "
+          f"wrote {session.folder / 'auto.md'} and auto.json")
+    return code
 
 
 def generate_command(run_dir: str, prompt: str | None, input_file: str | None, output_file: str | None,

@@ -152,6 +152,8 @@ def export_run(run_dir: str | Path, fmt: str, quantize: str | None = None, outpu
             "text_column": recipe.data.text_column,
             "text_pair_column": recipe.data.text_pair_column,
             "labels": label_names,
+            # the run's calibration: serve and predict divide the exported model's logits by it before the softmax
+            "temperature": reference.temperature,
             "run_dir": str(run_dir.resolve()),
             "created": datetime.now().isoformat(timespec="seconds"),
             "versions": export_versions(),
@@ -293,7 +295,8 @@ def _save_tokenizer(tokenizer, out: Path, max_length: int) -> None:
 def _classifier_over(candidate: TextClassifier, path: Path, fmt: str, name: str) -> TextClassifier:
     """The same encoder and labels as ``candidate`` over another model file of the same format."""
     backend = (OnnxBackend(path, name) if fmt == "onnx" else TorchScriptBackend(path, candidate.encoder.input_names, name))
-    return TextClassifier(candidate.label_names, candidate.encoder, backend, candidate.is_pair_task, name, path)
+    return TextClassifier(candidate.label_names, candidate.encoder, backend, candidate.is_pair_task, name, path,
+                          temperature=candidate.temperature)
 
 
 def _measure(variants: dict[str, TextClassifier], sizes: dict[str, int], recipe, label_names: list[str],

@@ -18,7 +18,10 @@ import numpy as np
 from tuneforge import __version__
 from tuneforge.base.atomic import write_json_atomic
 from tuneforge.base.errors import UserError
-from tuneforge.base.integrity import EXPORT_REPORT_NAME, verify_export_files
+from tuneforge.base.integrity import EXPORT_REPORT_NAME
+# OnnxBackend and cpu_threads live in core (predict/eval --backend onnx use them too); export, serve and the
+# benches import them from here
+from tuneforge.core.evaluate.onnx_backend import OnnxBackend, check_export_usable, cpu_threads  # noqa: F401
 from tuneforge.core.tasks import TASKS, LanguageModelTask
 from tuneforge.core.tasks.predictor import Predictor
 
@@ -27,13 +30,6 @@ FORMATS = ("onnx", "torchscript", "safetensors")
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt", "safetensors": "model.safetensors"}
 # What `tuneforge serve` (and load_classifier) reads: a single-label classifier and its labels.json.
 SERVED_TASKS = ("classification",)
-
-
-def cpu_threads() -> int:
-    """Threads for every backend (PyTorch's default: the physical cores), so comparisons are fair."""
-    import torch
-
-    return torch.get_num_threads()
 
 
 def exportable_tasks() -> str:
@@ -192,24 +188,6 @@ class TorchScriptBackend:
             return self.module(*[torch.from_numpy(inputs[n]) for n in self.input_names]).float().numpy()
 
 
-class OnnxBackend:
-    """An ONNX Runtime session on the CPU."""
-
-    def __init__(self, path: Path, name: str = "onnx", threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or cpu_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.name = name
-
-    def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(None, {n: inputs[n] for n in self.input_names})[0]
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
@@ -226,6 +204,9 @@ class TextClassifier:
     is_pair_task: bool
     description: str
     source: Path
+    # The run's calibration (calibration.json; an export keeps it in export_report.json): probabilities are
+    # softmax(logits / temperature). The model files themselves output the uncalibrated logits.
+    temperature: float = 1.0
 
     def logits(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 32) -> np.ndarray:
         """Logits in the input order; batches are length-sorted so little time goes to padding."""
@@ -238,7 +219,8 @@ class TextClassifier:
         return result
 
     def probabilities(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 32) -> np.ndarray:
-        return softmax(self.logits(texts, pairs, batch_size))
+        """Softmax of the logits divided by the run's temperature (1.0: a run without calibration)."""
+        return softmax(self.logits(texts, pairs, batch_size) / self.temperature)
 
 
 def read_report(export_dir: Path) -> dict:
@@ -291,7 +273,8 @@ def _load_run(run_dir: Path, threads: int | None) -> TextClassifier:
     model, tokenizer, recipe = predictor.model.eval(), predictor.tokenizer, predictor.recipe
     encoder = Encoder(tokenizer, recipe.data.max_length, model_input_names(tokenizer, model))
     return TextClassifier(list(predictor.label_names), encoder, TorchBackend(model, "pytorch fp32"),
-                          recipe.data.text_pair_column is not None, "run folder, PyTorch fp32", run_dir)
+                          recipe.data.text_pair_column is not None, "run folder, PyTorch fp32", run_dir,
+                          temperature=predictor.temperature)
 
 
 def _load_export(export_dir: Path, threads: int | None, require_parity: bool) -> TextClassifier:
@@ -300,22 +283,12 @@ def _load_export(export_dir: Path, threads: int | None, require_parity: bool) ->
     report = read_report(export_dir)
     if report.get("task", "classification") not in SERVED_TASKS:
         raise unsupported_task(str(report["task"]), "exports")
-    parity = report.get("parity") or {}
-    if require_parity and not parity.get("passed"):
-        if not parity:
-            raise UserError(f"{export_dir}: this export never finished its parity check; re-export the run")
-        raise UserError(f"{export_dir}: this export failed its parity check (agreement {parity['agreement']:.2%}; "
-                        f"see its {REPORT_NAME}); it is kept for inspection only: re-export the run")
-    integrity = report.get("integrity") or {}
-    if require_parity and integrity.get("passed") is False:
-        raise UserError(f"{export_dir}: this export failed its integrity gate ({'; '.join(integrity['problems'])}); "
-                        "it is kept for inspection only: re-export the run (docs/trust.md)")
+    if require_parity:  # a finished export: passed its checks, files as its gate read them (during export: none yet)
+        check_export_usable(export_dir, report)
     fmt, quantize = report["format"], report.get("quantize")
     model_file = export_dir / report["model_file"]
     if not model_file.is_file():
         raise UserError(f"{export_dir}: {report['model_file']} is missing; re-export the run")
-    if require_parity:  # a finished export: its files must be the ones its gate checked (during export: none yet)
-        verify_export_files(export_dir)
     tokenizer = AutoTokenizer.from_pretrained(export_dir)
     input_names = report["input_names"]
     name = f"{fmt} {quantize or 'fp32'}"
@@ -332,4 +305,4 @@ def _load_export(export_dir: Path, threads: int | None, require_parity: bool) ->
     label_names = json.loads((export_dir / "labels.json").read_text(encoding="utf-8"))
     encoder = Encoder(tokenizer, report["max_length"], input_names)
     return TextClassifier(label_names, encoder, backend, bool(report.get("text_pair_column")),
-                          f"export folder, {name}", export_dir)
+                          f"export folder, {name}", export_dir, temperature=float(report.get("temperature") or 1.0))

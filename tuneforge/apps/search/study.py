@@ -248,12 +248,17 @@ class Objective:
         self.worker = worker
         self.parameters = spec.parameters
 
+    def suggest(self, trial) -> dict[str, Any]:
+        """The recipe keys this trial sets: one value per space parameter, drawn from the trial. (``tuneforge
+        auto`` draws a conditional space instead: LoRA's rank only when the method is LoRA.)"""
+        return {parameter.key: parameter.suggest(trial) for parameter in self.parameters}
+
     def __call__(self, trial) -> float:
         import optuna
 
 
         spec = self.spec
-        values = {parameter.key: parameter.suggest(trial) for parameter in self.parameters}
+        values = self.suggest(trial)
         # who ran it: several workers, possibly on several machines, share the storage
         trial.set_user_attr("worker", {"index": self.worker, "host": socket.gethostname(), "pid": os.getpid()})
         overrides = [*spec.overrides, *(override_item(key, value) for key, value in values.items())]

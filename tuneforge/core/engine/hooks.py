@@ -8,6 +8,7 @@ previous run's model, mixes old rows into the batches and adds the EWC penalty t
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,4 +41,14 @@ class LoopHooks:
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         """A term added to every training batch's loss (None: nothing added)."""
+        return None
+
+    def epoch_validated(self, model: nn.Module, method: Method, epoch: int, metrics: dict[str, Any]) -> None:
+        """Called after each epoch's validation (1-based ``epoch``) while ``model`` holds that epoch's weights."""
+
+    def final_weights(self, model: nn.Module, method: Method, best_metrics: dict[str, Any],
+                      validate: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        """Called once the kept epoch's weights are back in ``model``, before it is saved. An extension may put
+        other weights in (``tuneforge auto``: the average of the last epochs' weights, when ``validate()`` says
+        it is better); it returns their validation metrics, or None when the model is left as it was."""
         return None

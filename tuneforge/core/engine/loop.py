@@ -34,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tuneforge.base.faults import fault_point
+from tuneforge.base.phases import add_phase, phase
 from tuneforge.base.recipe import Recipe
 from tuneforge.core.anatomy import describe, frozen_blocks_to_eval
 from tuneforge.core.engine.activation_cache import CachedPrefix, build_cache
@@ -103,6 +104,7 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
     hooks = hooks or LoopHooks()  # [hooks] continual fine-tuning starts from a finished run's model instead
     tokenizer, model = hooks.load_model(task, recipe, data.label_names)  # [task] model + tokenizer / image processor
     facts: dict[str, Any] = {"model_load_seconds": round(time.perf_counter() - loading, 2)}
+    add_phase("model_load", time.perf_counter() - loading)  # run.json "phases" (tuneforge.base.phases)
     # [task] the untrained model measured before the method changes it (language models: base validation loss)
     if resume_from is None and dist.is_main:
         facts.update(task.before_training(recipe, data, model, tokenizer, device, runtime.autocast_dtype, run_dir,
@@ -122,8 +124,9 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
     if dist.is_main and config.keep_checkpoints:
         check_free_disk(run_dir, trainable, total, config.keep_checkpoints)
 
-    train_set = task.encode(tokenizer, data.train, recipe, training=True)  # [task] tokens, or images (augmented)
-    validation_set = task.encode(tokenizer, data.validation, recipe, training=False)
+    with phase("tokenization"):
+        train_set = task.encode(tokenizer, data.train, recipe, training=True)  # [task] tokens, or images (augmented)
+        validation_set = task.encode(tokenizer, data.validation, recipe, training=False)
     facts.update(task.encoded_facts(recipe, {"train": train_set, "validation": validation_set}, log))
     if on_facts is not None and facts:
         on_facts(dict(facts))
@@ -148,6 +151,7 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
             f"{len(train_set) + len(validation_set)} examples "
             f"({(train_cache.nbytes + validation_cache.nbytes) / 2**20:.0f} MiB, "
             f"{time.perf_counter() - started:.1f}s); training runs only the layers above")
+        add_phase("activation_cache", time.perf_counter() - started)
 
     # --- optimisation --------------------------------------------------------------------------------
     # DDP around the model, or FSDP2 shards in place of its weights: before the optimizer, which must own the shards
@@ -289,13 +293,15 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
                 break
         progress.close()
         train_seconds = time.perf_counter() - epoch_start
+        add_phase("training", train_seconds)
 
         # --- validation, early stopping ---------------------------------------------------------------
         fault_point("validation")
-        metrics = task.validation_metrics(  # [task] softmax metrics, or sigmoid ones (multilabel)
-            model, validation_set, data.label_names, eval_batch_size, pad_id, device, eval_loss_fn,
-            runtime.autocast_dtype,
-            before_batch=(lambda batch_indices: prefix.select(validation_cache, batch_indices)) if prefix else None)
+        with phase("validation"):
+            metrics = task.validation_metrics(  # [task] softmax metrics, or sigmoid ones (multilabel)
+                model, validation_set, data.label_names, eval_batch_size, pad_id, device, eval_loss_fn,
+                runtime.autocast_dtype,
+                before_batch=(lambda batch_indices: prefix.select(validation_cache, batch_indices)) if prefix else None)
         record = {"step": optimizer_step, "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0],
                   "samples_per_s": seen / train_seconds, "train_seconds": train_seconds,
                   **{f"validation_{k}": v for k, v in metrics.items()}}
@@ -309,6 +315,7 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
             log(f"warning: epoch {epoch + 1}: {verdict.line()}")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
+        hooks.epoch_validated(model, method, epoch + 1, metrics)  # [hooks] tuneforge auto: the weights to average
 
         score = metrics[selection.metric]
         improved = best_score is None or (score > best_score if selection.higher_is_better else score < best_score)
@@ -335,6 +342,11 @@ def train(recipe: Recipe, data, run_dir: Path, log=print,
     metrics_log.close()
     cache_context.close()  # the model computes its full forward again from here on
     keep_best_epoch(model, best_state, config.gradient_checkpointing)
+    # [hooks] tuneforge auto: the average of the last epochs' weights instead, when it validates better
+    replaced = hooks.final_weights(model, method, best_metrics, lambda: task.validation_metrics(
+        model, validation_set, data.label_names, eval_batch_size, pad_id, device, eval_loss_fn, runtime.autocast_dtype))
+    if replaced is not None:
+        best_metrics = replaced
     facts["learning"] = judge_learning(best_metrics, no_learning, task.learning_signals).as_facts(task.learning_fixes)
     model = dist.unsharded(model)  # FSDP: the processes send their shards, rank 0 gets the whole model
     dist.wait()

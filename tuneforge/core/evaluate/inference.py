@@ -16,10 +16,12 @@ def predict_probabilities(model: nn.Module, encoded: EncodedSplit, batch_size: i
                           device: torch.device, loss_fn: nn.Module | None = None,
                           autocast_dtype: torch.dtype | None = None,
                           before_batch: Callable[[list[int]], None] | None = None,
-                          activation: str = "softmax") -> tuple[np.ndarray, float | None]:
+                          activation: str = "softmax", temperature: float = 1.0) -> tuple[np.ndarray, float | None]:
     """Softmax probabilities in the original order, and the mean loss if ``loss_fn`` is given.
 
-    ``activation="sigmoid"``: one independent probability per label (task multilabel).
+    ``activation="sigmoid"``: one independent probability per label (task multilabel); ``"logits"``: the raw
+    logits (calibration fits its temperature on them). ``temperature``: softmax of ``logits / temperature`` (a
+    run's calibration, :mod:`tuneforge.core.evaluate.calibration`; 1.0 leaves the softmax as it is).
 
     ``before_batch(indices)`` is called before each forward pass (the activation cache selects rows with it).
     """
@@ -39,7 +41,8 @@ def predict_probabilities(model: nn.Module, encoded: EncodedSplit, batch_size: i
         if loss_fn is not None:
             total_loss += float(loss_fn(logits, labels)) * len(indices)
             total_count += len(indices)
-        scores = torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, dim=-1)
+        scores = (torch.sigmoid(logits) if activation == "sigmoid" else logits if activation == "logits"
+                  else torch.softmax(logits / temperature, dim=-1))
         chunks.append((indices, scores.cpu().numpy()))
     if chunks:
         probabilities = np.zeros((len(encoded), chunks[0][1].shape[1]), dtype=np.float32)

@@ -9,17 +9,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tuneforge.core.evaluate.calibration import expected_calibration_error
 from tuneforge.core.evaluate.metrics import classification_metrics
 from tuneforge.core.evaluate.plots import plot_confusion_matrix
 
 
 def write_evaluation(folder: Path, label_names: list[str], gold: np.ndarray, probabilities: np.ndarray,
                      texts: list[str], text_pairs: list[str] | None = None,
-                     source_rows: list[int] | None = None) -> dict[str, Any]:
-    """Compute metrics and write the eval folder; return the metrics."""
+                     source_rows: list[int] | None = None,
+                     extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Compute metrics (with ``ece``: the expected calibration error of ``probabilities``, the confidences this
+    folder reports) and write the eval folder; ``extra_metrics`` (e.g. the ECE before calibration) are added to
+    metrics.json. Returns the metrics."""
     folder.mkdir(parents=True, exist_ok=True)
     gold = np.asarray(gold)
     metrics = classification_metrics(gold, probabilities, label_names)
+    metrics["ece"] = expected_calibration_error(probabilities, gold)
+    metrics.update(extra_metrics or {})
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
 
     predicted = probabilities.argmax(axis=1)

@@ -64,6 +64,8 @@ class Task:
     generates_text: ClassVar[bool] = False
     # `tuneforge export --format`: what a run of this task can be exported to.
     export_formats: ClassVar[tuple[str, ...]] = ()
+    # `tuneforge predict/eval --backend`: what runs this task's predict and eval ("onnx": the run's ONNX export).
+    inference_backends: ClassVar[tuple[str, ...]] = ("torch",)
     # The metrics the end-of-run summary prints, in order (those present).
     summary_keys: ClassVar[tuple[str, ...]] = ("accuracy", "f1_micro", "f1_macro", "f1_weighted", "precision_macro",
                                                "recall_macro", "roc_auc")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from tuneforge.base.atomic import write_json_atomic
 from tuneforge.base.errors import UserError
 from tuneforge.base.models import load_tokenizer, resolve_model
 from tuneforge.base.quiet import quiet_transformers
@@ -21,6 +23,8 @@ from tuneforge.core.data.encode_cache import encode_split_cached
 from tuneforge.core.data.examples import load_classification_data
 from tuneforge.core.data.splits import ClassificationData, read_split, to_split
 from tuneforge.core.evaluate import classification_metrics, write_evaluation
+from tuneforge.core.evaluate.calibration import (CALIBRATION_FILE, calibration_line, calibration_record,
+                                                 calibration_summary, softmax_with_temperature)
 from tuneforge.core.evaluate.inference import predict_probabilities
 from tuneforge.core.evaluate.summary import print_summary
 from tuneforge.core.tasks.base import Task
@@ -63,11 +67,40 @@ def class_weight_tensor(recipe: Recipe, data: ClassificationData) -> torch.Tenso
     return torch.tensor([float(setting.get(name, 1.0)) for name in data.label_names], dtype=torch.float32)
 
 
+def calibrate_and_evaluate(recipe: Recipe, data, run_dir: Path, log,
+                           logits_of: Callable[[Any], np.ndarray]) -> dict[str, Any]:
+    """After training a single-label classifier: with ``train.calibrate``, fit the temperature on the validation
+    logits and write ``calibration.json``; evaluate the test split (softmax of ``logits / T``) into ``eval/test``
+    with its ECE before and after. ``logits_of(split)``: the saved model's logits of a split, in row order."""
+    summary: dict[str, Any] = {}
+    test_logits = logits_of(data.test) if data.test is not None else None
+    temperature, extra = 1.0, {}
+    if recipe.train.calibrate:
+        validation = data.validation if data.validation is not None and len(data.validation) else None
+        record = calibration_record(
+            logits_of(validation) if validation is not None else np.zeros((0, len(data.label_names))),
+            np.array(validation.labels if validation is not None else [], dtype=np.int64), test_logits,
+            np.array(data.test.labels) if data.test is not None else None)
+        write_json_atomic(run_dir / CALIBRATION_FILE, record)
+        log(f"{calibration_line(record)} -> {run_dir / CALIBRATION_FILE}")
+        summary["calibration"] = calibration_summary(record)
+        if record["fitted"]:
+            temperature = record["temperature"]
+            if "test" in record:
+                extra = {"ece_before_calibration": record["test"]["ece_before"], "temperature": temperature}
+    if data.test is not None:
+        summary["test"] = write_evaluation(run_dir / "eval" / "test", data.label_names, np.array(data.test.labels),
+                                           softmax_with_temperature(test_logits, temperature), data.test.texts,
+                                           data.test.text_pairs, data.test.source_rows, extra_metrics=extra)
+    return summary
+
+
 class ClassificationTask(Task):
     """``task: classification``: one label per text (or text pair)."""
 
     name = "classification"
     export_formats = ("onnx", "torchscript", "safetensors")
+    inference_backends = ("torch", "onnx")
     supports_search = True
     supports_continual = True
 
@@ -94,21 +127,28 @@ class ClassificationTask(Task):
         metrics["loss"] = loss
         return metrics
 
-    def after_training(self, recipe: Recipe, data, result, run_dir: Path, log) -> dict[str, Any]:
-        if data.test is None:
-            return {}
+    def encode_for_inference(self, recipe: Recipe, preprocessor, split):
+        """A split as the saved model reads it after training (no augmentation)."""
+        return encode_split(preprocessor, split, recipe.data.max_length)
 
-        encoded = encode_split(result.tokenizer, data.test, recipe.data.max_length)
-        probabilities, _ = predict_probabilities(result.model, encoded, 64, result.tokenizer.pad_token_id,
-                                                 result.runtime.device)
-        return {"test": write_evaluation(run_dir / "eval" / "test", data.label_names, np.array(data.test.labels),
-                                         probabilities, data.test.texts, data.test.text_pairs, data.test.source_rows)}
+    def after_training(self, recipe: Recipe, data, result, run_dir: Path, log) -> dict[str, Any]:
+        """``train.calibrate``: fit the temperature on validation (``calibration.json``); then evaluate the test
+        split into ``eval/test`` with the calibrated confidences. Returns ``test`` and ``calibration`` (the
+        temperature and the ECE/NLL before and after, for ``run.json``)."""
+
+        def logits_of(split) -> np.ndarray:
+            encoded = self.encode_for_inference(recipe, result.tokenizer, split)
+            return predict_probabilities(result.model, encoded, 64, result.tokenizer.pad_token_id,
+                                         result.runtime.device, activation="logits")[0]
+
+        return calibrate_and_evaluate(recipe, data, run_dir, log, logits_of)
 
     # --------------------------------------------------------------------------- predict and eval of a run
 
-    def eval_command(self, run_dir: str, data_file: str) -> int:
-        """``tuneforge eval RUN FILE``: metrics, predictions, errors and the confusion matrix of a labelled file."""
-        predictor = Predictor(run_dir)
+    def eval_command(self, run_dir: str, data_file: str, backend: str = "torch") -> int:
+        """``tuneforge eval RUN FILE``: metrics, predictions, errors and the confusion matrix of a labelled file
+        (``backend="onnx"``: computed by the run's ONNX export)."""
+        predictor = Predictor(run_dir, backend=backend)
         path = Path(data_file)
         frame, notes = read_split(path, predictor.recipe.data, "eval")
         split = to_split(frame, path, predictor.recipe.data, path.stem, {n: i for i, n in enumerate(predictor.label_names)})
@@ -126,9 +166,10 @@ class ClassificationTask(Task):
         return 0
 
     def predict_command(self, run_dir: str, text: str | None, text_pair: str | None, input_file: str | None,
-                        output_file: str | None, top: int) -> int:
-        """``tuneforge predict RUN``: the top labels of one text, or a predicted label and confidence per row."""
-        predictor = Predictor(run_dir)
+                        output_file: str | None, top: int, backend: str = "torch") -> int:
+        """``tuneforge predict RUN``: the top labels of one text, or a predicted label and confidence per row
+        (``backend="onnx"``: computed by the run's ONNX export)."""
+        predictor = Predictor(run_dir, backend=backend)
         names = predictor.label_names
         if text is not None:
             if not text.strip():

@@ -28,6 +28,7 @@ from tuneforge.base.models import resolve_model
 from tuneforge.base.quiet import quiet_transformers
 from tuneforge.core.tasks.classification import DROPOUT_KEYS
 from tuneforge.core.evaluate import write_evaluation
+from tuneforge.core.evaluate.calibration import read_temperature
 from tuneforge.core.evaluate.inference import predict_probabilities
 from tuneforge.base.tables import write_table
 from tuneforge.core.evaluate.summary import print_summary
@@ -178,6 +179,7 @@ class EncodedImages:
 class ImageClassificationTask(ClassificationTask):
     name = "image-classification"
     export_formats = ()
+    inference_backends = ("torch",)  # no ONNX export of image runs yet
     supports_search = False
     supports_activation_cache = False
     supports_continual = False  # continual fine-tuning reads text rows (replay, forgetting)
@@ -220,14 +222,10 @@ class ImageClassificationTask(ClassificationTask):
     def encode(self, preprocessor, split, recipe: Recipe, training: bool):
         return EncodedImages(split, preprocessor, recipe.image if training else None, recipe.train.seed)
 
-    def after_training(self, recipe: Recipe, data, result, run_dir: Path, log) -> dict[str, Any]:
-        if data.test is None:
-            return {}
-
-        encoded = EncodedImages(data.test, result.tokenizer, None, recipe.train.seed)
-        probabilities, _ = predict_probabilities(result.model, encoded, 64, 0, result.runtime.device)
-        return {"test": write_evaluation(run_dir / "eval" / "test", data.label_names, np.array(data.test.labels),
-                                         probabilities, data.test.texts, None, data.test.source_rows)}
+    def encode_for_inference(self, recipe: Recipe, preprocessor, split):
+        """Images as the saved model reads them after training (no augmentation): the inherited
+        ``after_training`` calibrates on validation and evaluates the test split with them."""
+        return EncodedImages(split, preprocessor, None, recipe.train.seed)
 
     # --------------------------------------------------------------------------- predict and eval of a run
 
@@ -307,10 +305,13 @@ class ImagePredictor:
         # Through the method, as text runs load: a plain model in model/, or base/ + adapter/ (merge: false).
         self.model: nn.Module = method_spec(self.recipe.method.name).load(run_dir, self.recipe.method).eval()
         self.batch_size = batch_size
+        # calibration.json (train.calibrate): confidences are softmax(logits / T); a run without one: T = 1
+        self.temperature = read_temperature(run_dir) or 1.0
 
     def probabilities(self, paths: list[Path]) -> np.ndarray:
 
         split = ImageSplit(name="predict", source=Path("."), paths=list(paths), labels=[0] * len(paths),
                            source_rows=list(range(1, len(paths) + 1)))
         encoded = EncodedImages(split, self.preprocessor, None, 0)
-        return predict_probabilities(self.model, encoded, self.batch_size, 0, torch.device("cpu"))[0]
+        return predict_probabilities(self.model, encoded, self.batch_size, 0, torch.device("cpu"),
+                                     temperature=self.temperature)[0]
